@@ -27,3 +27,7 @@ __all__ = [
     "topk_routing",
     "use_backend",
 ]
+
+from .dispatch import _load_all  # noqa: E402
+
+_load_all()  # backends are imported once here, so dispatch stays a lookup under torch.compile

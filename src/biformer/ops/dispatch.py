@@ -40,6 +40,19 @@ _MODULES = {
 }
 _override: list[str] = []
 _logged: set[tuple] = set()
+_loaded: dict[str, ModuleType | None] = {}
+_import_errors: dict[str, str] = {}
+
+
+def _load_all() -> None:
+    """Import every backend once, eagerly, so that dispatch under torch.compile is a lookup."""
+    for name, module_name in _MODULES.items():
+        try:
+            _loaded[name] = importlib.import_module(module_name)
+        except Exception as err:  # noqa: BLE001 - an optional backend may fail in many ways
+            _loaded[name] = None
+            _import_errors[name] = f"{type(err).__name__}: {err}"
+            logger.debug("backend %s unavailable: %s", name, err)
 
 
 class BackendUnavailable(RuntimeError):
@@ -53,19 +66,18 @@ def _check_name(name: str) -> str:
 
 
 def get_backend(name: str) -> ModuleType | None:
-    """Import a backend module, or None when its dependencies are missing."""
-    try:
-        return importlib.import_module(_MODULES[_check_name(name)])
-    except ImportError as err:  # e.g. an install without Triton
-        logger.debug("backend %s unavailable: %s", name, err)
-        return None
+    """The backend module, or None when it could not be imported (e.g. no Triton)."""
+    if not _loaded:
+        _load_all()
+    return _loaded[_check_name(name)]
 
 
 def backend_reasons(name: str, problem: Problem) -> list[str]:
     """Why backend ``name`` cannot run ``problem`` (empty list when it can)."""
     module = get_backend(name)
     if module is None:
-        return [f"the {name} backend could not be imported (missing dependency)"]
+        why = _import_errors.get(name, "missing dependency")
+        return [f"the {name} backend could not be imported ({why})"]
     return list(module.can_run(problem))
 
 
