@@ -27,7 +27,7 @@ def _compare(ref, fast, x, rtol, atol):
     grads_r = torch.autograd.grad(out_r, list(ref.parameters()), g)
     grads_f = torch.autograd.grad(out_f, list(fast.parameters()), g)
     names = [n for n, _ in ref.named_parameters()]
-    for name, a, b in zip(names, grads_f, grads_r):
+    for name, a, b in zip(names, grads_f, grads_r, strict=True):
         torch.testing.assert_close(a, b, rtol=rtol * 10, atol=atol * 10, msg=name)
 
 
@@ -40,8 +40,8 @@ def test_chunked_model_equals_reference_model(monkeypatch):
 
 @pytest.mark.slow
 def test_triton_model_equals_reference_model_in_interpreter():
-    from biformer.ops.dispatch import backend_reasons
     from biformer.ops.checks import Problem
+    from biformer.ops.dispatch import backend_reasons
 
     probe = Problem("cpu", torch.float32, 1, (2, 2), (2, 2), (2, 2), 1, 1, 32, 32, False, False,
                     True)

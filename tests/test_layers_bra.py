@@ -45,7 +45,7 @@ def test_layer_matches_dense_oracle(name, backend):
         params = [x] + [p for p in layer.parameters()]
         got = torch.autograd.grad(out, params, g, allow_unused=True)
         exp = torch.autograd.grad(want, params, g, allow_unused=True)
-        for a, b in zip(got, exp):
+        for a, b in zip(got, exp, strict=True):
             assert (a is None) == (b is None)
             if a is not None:
                 torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
@@ -65,7 +65,7 @@ def test_chunked_equals_reference_every_option(name, dtype, tol, monkeypatch):
     g = torch.randn_like(out_r)
     gr = torch.autograd.grad(out_r, [x, *ref.parameters()], g)
     gc = torch.autograd.grad(out_c, [x, *chk.parameters()], g)
-    for a, b in zip(gc, gr):
+    for a, b in zip(gc, gr, strict=True):
         torch.testing.assert_close(a, b, rtol=tol * 20, atol=tol * 20)
 
 

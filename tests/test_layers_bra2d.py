@@ -22,7 +22,7 @@ def test_bra2d_matches_dense_oracle(backend, size):
     torch.testing.assert_close(out, want, rtol=1e-9, atol=1e-9)
     g = torch.randn_like(out)
     params = [x, *layer.parameters()]
-    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(want, params, g)):
+    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(want, params, g), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
 
 

@@ -49,7 +49,7 @@ def test_backend_matches_dense_oracle(backend, soft, case):
     leaves = [t for t in (q, k, v, weight) if t is not None]
     got = torch.autograd.grad(out, leaves, grad_out)
     want = torch.autograd.grad(expected, leaves, grad_out)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
 
 
@@ -67,7 +67,7 @@ def test_chunked_matches_reference_with_tiny_tiles(monkeypatch, dtype, tol, soft
     leaves = [t for t in (q, k, v, weight) if t is not None]
     grad_out = torch.randn_like(out_r)
     for gc, gr in zip(
-        torch.autograd.grad(out_c, leaves, grad_out), torch.autograd.grad(out_r, leaves, grad_out)
+        torch.autograd.grad(out_c, leaves, grad_out), torch.autograd.grad(out_r, leaves, grad_out), strict=True
     ):
         torch.testing.assert_close(gc, gr, rtol=tol * 10, atol=tol * 10)
 

@@ -3,7 +3,10 @@
 Order of precedence: an explicit ``backend=`` argument other than ``"auto"``, then the innermost
 ``use_backend(...)`` context, then the ``BIFORMER_BACKEND`` environment variable, then the automatic
 choice: ``triton`` on CUDA when it can run, else ``flex``, else ``chunked`` when the gather-based
-reference would need more than ``BIFORMER_GATHER_LIMIT_MB`` (default 1024 MiB), else ``reference``.
+reference would need more than ``BIFORMER_GATHER_LIMIT_MB`` (default 0.25 MiB), else ``reference``.
+The low default is measured: on CPU the chunked backend is faster than the reference from the
+smallest BiFormer stage shape upwards (fwd+bwd 1.4-4.5x at batch 1 and 8, docs/benchmarks.md); only
+toy problems, where both take well under a millisecond, still go to the reference.
 Every backend explains why it refuses a call (``can_run(...)``); forcing a backend that cannot run
 raises an error that lists the reasons.
 """
@@ -38,6 +41,7 @@ _MODULES = {
     "flex": "biformer.ops.backends.flex",
     "triton": "biformer.ops.backends.triton",
 }
+DEFAULT_GATHER_LIMIT_BYTES = 256 * 2**10
 _override: list[str] = []
 _logged: set[tuple] = set()
 _loaded: dict[str, ModuleType | None] = {}
@@ -98,7 +102,14 @@ def use_backend(name: str) -> Iterator[None]:
 
 def _gather_limit() -> int:
     env = os.environ.get("BIFORMER_GATHER_LIMIT_MB")
-    return int(float(env) * 2**20) if env else 2**30
+    if not env:
+        return DEFAULT_GATHER_LIMIT_BYTES
+    try:
+        return int(float(env) * 2**20)
+    except ValueError as err:
+        raise ValueError(
+            f"BIFORMER_GATHER_LIMIT_MB must be a number of MiB, got {env!r}"
+        ) from err
 
 
 def choose_backend(problem: Problem, requested: str = "auto") -> str:

@@ -1,11 +1,12 @@
 """Chunked backend: routed attention in bounded memory.
 
 Query regions (and, when one region is too big, blocks of its query tokens) are processed a
-tile at a time: each tile gathers only its own routed keys, computes its attention and writes its
-output. A hand-written backward recomputes each tile's attention from the saved log-sum-exp
-(as FlashAttention does) and scatters key/value gradients with ``index_add_``. Peak memory is the
-inputs, the outputs and one tile, whatever the batch, the number of regions or ``topk``.
-The tile budget is ``chunk_bytes`` (default 256 MiB, or ``BIFORMER_CHUNK_MB``).
+tile at a time: each tile gathers only its own routed keys and runs fused
+``scaled_dot_product_attention`` on them (flash kernels on CPU and CUDA: the attention matrix is
+never materialised). The backward recomputes each tile under autograd (activation
+checkpointing per tile) and accumulates key/value gradients with ``index_put_(accumulate=True)``.
+Peak memory is the inputs, the outputs and one tile, whatever the batch, the number of regions
+or ``topk``. The tile budget is ``chunk_bytes`` (default 256 MiB, or ``BIFORMER_CHUNK_MB``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -70,11 +72,12 @@ def _merge_heads(x: Tensor) -> Tensor:
 
 
 class _ChunkedAttention(torch.autograd.Function):
-    """Region-major routed attention with tile-by-tile forward and backward.
+    """Region-major routed attention, tile by tile on fused ``scaled_dot_product_attention``.
 
     Inputs: ``q`` ``[G, Lq, Cqk]``, ``k`` ``[G, Lk, Cqk]``, ``v`` ``[G, Lk, Cv]`` with
     ``G = B * R`` global regions, ``gidx`` ``[G, topk]`` global key-region ids, optional
-    ``weight`` ``[G, topk]`` (soft routing) and ``bias`` ``[R, Lk]`` (masked keys).
+    ``weight`` ``[G, topk]`` (soft routing) and ``bias`` ``[R, Lk]`` (masked keys). Nothing but
+    the inputs is saved: the backward re-gathers each tile and differentiates its SDPA call.
     """
 
     @staticmethod
@@ -85,8 +88,6 @@ class _ChunkedAttention(torch.autograd.Function):
         keys = topk * lk
         gs, ts = plan_tiles(g_total, lq, keys, heads, q.shape[2] + v.shape[2], budget)
         out = q.new_empty(g_total, lq, v.shape[2])
-        acc = _acc_dtype(q.dtype)
-        lse = torch.empty(g_total, heads, lq, dtype=acc, device=q.device)
         for g0 in range(0, g_total, gs):
             g1 = min(g0 + gs, g_total)
             ids = gidx[g0:g1].reshape(-1)
@@ -95,81 +96,59 @@ class _ChunkedAttention(torch.autograd.Function):
             for t0 in range(0, lq, ts):
                 t1 = min(t0 + ts, lq)
                 qt = _split_heads(q[g0:g1, t0:t1], heads)
-                s = (qt * scale) @ k_sel.transpose(-1, -2)  # g, m, t, keys
-                if b_sel is not None:
-                    s = s + b_sel
-                lse[g0:g1, :, t0:t1] = torch.logsumexp(s.to(acc), dim=-1)
-                p = torch.softmax(s, dim=-1)
-                out[g0:g1, t0:t1] = _merge_heads(p @ v_sel)
-        ctx.save_for_backward(q, k, v, gidx, weight, bias, out, lse)
+                o = F.scaled_dot_product_attention(qt, k_sel, v_sel, attn_mask=b_sel, scale=scale)
+                out[g0:g1, t0:t1] = _merge_heads(o)
+        ctx.save_for_backward(q, k, v, gidx, weight, bias)
         ctx.plan = (scale, heads, regions_per_group, gs, ts)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout):
-        q, k, v, gidx, weight, bias, out, lse = ctx.saved_tensors
+        q, k, v, gidx, weight, bias = ctx.saved_tensors
         scale, heads, regions_per_group, gs, ts = ctx.plan
         g_total, lq, _ = q.shape
         lk = k.shape[1]
         topk = gidx.shape[1]
         keys = topk * lk
-        dout = dout.contiguous()
         dq = torch.zeros_like(q)
         dk = torch.zeros_like(k)
         dv = torch.zeros_like(v)
         want_dw = weight is not None and ctx.needs_input_grad[4]
-        acc = lse.dtype
-        dw = torch.zeros(g_total, topk, dtype=acc, device=q.device) if want_dw else None
-        # delta = rowsum(dO * O) per head: [G, heads, Lq]
-        delta = _split_heads((dout.to(acc) * out.to(acc)), heads).sum(-1)
+        dw = torch.zeros_like(weight) if want_dw else None
         for g0 in range(0, g_total, gs):
             g1 = min(g0 + gs, g_total)
             g = g1 - g0
             ids = gidx[g0:g1].reshape(-1)
-            k_raw, v_raw = _gather(k, v, ids, g, keys, None, g0, g1, heads)
-            if weight is not None:
-                w = _slot_weight(weight, g0, g1, lk, q.dtype)  # g, 1, keys, 1
-                k_sel, v_sel = k_raw * w, v_raw * w
-            else:
-                k_sel, v_sel = k_raw, v_raw
             b_sel = _bias(bias, ids, regions_per_group, g, keys)
-            dk_sel = torch.zeros_like(k_sel)
-            dv_sel = torch.zeros_like(v_sel)
+            k_raw = k.index_select(0, ids).view(g, keys, -1).requires_grad_(True)
+            v_raw = v.index_select(0, ids).view(g, keys, -1).requires_grad_(True)
+            w = weight[g0:g1].detach().requires_grad_(want_dw) if weight is not None else None
+            dk_raw = dv_raw = None
             for t0 in range(0, lq, ts):
                 t1 = min(t0 + ts, lq)
-                qt = _split_heads(q[g0:g1, t0:t1], heads)  # g, m, t, d
-                dot = _split_heads(dout[g0:g1, t0:t1], heads)  # g, m, t, dv
-                s = (qt * scale) @ k_sel.transpose(-1, -2)
-                if b_sel is not None:
-                    s = s + b_sel
-                p = torch.exp(s.to(acc) - lse[g0:g1, :, t0:t1, None])
-                dp = (dot @ v_sel.transpose(-1, -2)).to(acc)
-                ds = (p * (dp - delta[g0:g1, :, t0:t1, None])).to(q.dtype)
-                p = p.to(q.dtype)
-                dv_sel += p.transpose(-1, -2) @ dot
-                dk_sel += ds.transpose(-1, -2) @ (qt * scale)
-                dq[g0:g1, t0:t1] = _merge_heads((ds @ k_sel) * scale)
-            dk_sel = _merge_heads(dk_sel)  # g, keys, Cqk
-            dv_sel = _merge_heads(dv_sel)  # g, keys, Cv
-            if weight is not None:
-                w = w.view(g, keys, 1)
+                qt = q[g0:g1, t0:t1].detach().requires_grad_(True)
+                with torch.enable_grad():
+                    k_sel, v_sel = k_raw, v_raw
+                    if w is not None:
+                        ww = w.to(k.dtype).repeat_interleave(lk, dim=1)[:, :, None]
+                        k_sel, v_sel = k_sel * ww, v_sel * ww
+                    o = F.scaled_dot_product_attention(
+                        _split_heads(qt, heads), _split_heads(k_sel, heads),
+                        _split_heads(v_sel, heads), attn_mask=b_sel, scale=scale,
+                    )
+                    leaves = [qt, k_raw, v_raw] + ([w] if want_dw else [])
+                    grads = torch.autograd.grad(
+                        _merge_heads(o), leaves, dout[g0:g1, t0:t1]
+                    )
+                dq[g0:g1, t0:t1] = grads[0]
+                dk_raw = grads[1] if dk_raw is None else dk_raw + grads[1]
+                dv_raw = grads[2] if dv_raw is None else dv_raw + grads[2]
                 if want_dw:
-                    contrib = (dk_sel.to(acc) * _merge_heads(k_raw).to(acc)).sum(-1)
-                    contrib = contrib + (dv_sel.to(acc) * _merge_heads(v_raw).to(acc)).sum(-1)
-                    dw[g0:g1] = contrib.view(g, topk, lk).sum(-1)
-                dk_sel = dk_sel * w
-                dv_sel = dv_sel * w
-            dk.index_add_(0, ids, dk_sel.reshape(g * topk, lk, -1))
-            dv.index_add_(0, ids, dv_sel.reshape(g * topk, lk, -1))
-        if dw is not None:
-            dw = dw.to(weight.dtype)
+                    dw[g0:g1] += grads[3]
+            dk.index_put_((ids,), dk_raw.reshape(g * topk, lk, -1), accumulate=True)
+            dv.index_put_((ids,), dv_raw.reshape(g * topk, lk, -1), accumulate=True)
         return dq, dk, dv, None, dw, None, None, None, None, None
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype of the softmax statistics: float64 for float64 inputs, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _gather(k, v, ids, g, keys, weight, g0, g1, heads):
