@@ -1,8 +1,8 @@
 """Peak memory and time of BRA2d forward + backward at high resolution, on CPU.
 
-Each (size, backend) runs in a fresh subprocess that reports its own peak resident-set growth
-(its high-water mark after the step, Linux ``VmHWM`` or else ``ru_maxrss``, minus its resident
-set after set-up) and the forward and backward times. The
+Each (size, backend) runs in a fresh subprocess (``biformer.benchmarking.highres``) that reports
+its own peak resident-set growth (its high-water mark after the step, Linux ``VmHWM``, minus its
+resident set after set-up) and the forward and backward times. The
 gather-based reference is only run where its estimated need (``Problem.gathered_bytes()``:
 gathered keys/values plus the attention matrix, forward only) fits ``--reference-max-gib``; its
 estimate is printed for every size. ``flex`` runs the forward only (no CPU backward), timed and
@@ -16,71 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from biformer.benchmarking import describe_environment, format_table
+from biformer.benchmarking.highres import measure_in_subprocess, reference_need
 from biformer.layers.bra2d import region_grid
-from biformer.ops.checks import Problem
-
-CHILD = """
-import json, resource, sys, time
-import torch
-from biformer.layers import BRA2d
-
-def _status(field):
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(v.split()[1]) * 1024 for v in f if v.startswith(field + ":"))
-    except (OSError, StopIteration):
-        return None
-
-
-def peak_bytes():
-    # VmHWM is this process's own high-water mark; ru_maxrss would also count the parent's
-    # resident set at exec time (a large pytest or benchmark parent hides the child's peak)
-    hwm = _status("VmHWM")
-    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (
-        1 if sys.platform == "darwin" else 1024)
-
-
-def reset_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # VmHWM := current resident set (Linux >= 4.0)
-    except OSError:
-        return peak_bytes()
-    return _status("VmRSS")
-
-
-torch.manual_seed(0)
-backend = sys.argv[1]
-c, heads, n_win, topk, h, w = (int(a) for a in sys.argv[2:8])
-layer = BRA2d(c, num_heads=heads, n_win=n_win, topk=topk, backend=backend)
-train = backend != "flex"
-x = torch.randn(1, c, h, w, requires_grad=train)
-grad = torch.randn(1, c, h, w)
-if not train:  # flex: compile first, measure the second call
-    with torch.no_grad():
-        layer(x)
-base = reset_peak()
-t0 = time.perf_counter()
-with torch.set_grad_enabled(train):
-    out = layer(x)
-t1 = time.perf_counter()
-if train:
-    out.backward(grad)
-t2 = time.perf_counter()
-peak = peak_bytes()
-finite = bool(torch.isfinite(out).all())
-print(json.dumps({"fwd_s": t1 - t0, "bwd_s": (t2 - t1) if train else None,
-                  "growth_bytes": peak - base, "finite": finite}))
-"""
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -89,36 +31,6 @@ def _size(text: str) -> tuple[int, int]:
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"size must look like 600x500, got {text!r}") from err
     return h, w
-
-
-def reference_need(size: tuple[int, int], channels: int, heads: int, n_win: int,
-                   topk: int) -> int:
-    """Bytes the reference backend gathers for one BRA2d call on ``1 x channels x H x W``."""
-    region, regions = region_grid(size, n_win)
-    d = channels // heads
-    problem = Problem(
-        device_type="cpu", dtype=torch.float32, batch=1, regions=regions, q_region=region,
-        kv_region=region, topk=min(topk, regions[0] * regions[1]), num_heads=heads,
-        qk_head_dim=d, v_head_dim=d, soft_routing=False, masked_keys=False, needs_grad=True,
-    )
-    return problem.gathered_bytes()
-
-
-def run_child(backend: str, size: tuple[int, int], args: argparse.Namespace) -> dict:
-    env = dict(os.environ)
-    if args.chunk_mb:
-        env["BIFORMER_CHUNK_MB"] = str(args.chunk_mb)
-    cmd = [sys.executable, "-c", CHILD, backend,
-           *(str(v) for v in (args.channels, args.heads, args.n_win, args.topk, *size))]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                              timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"status": f"timed out after {args.timeout} s"}
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"status": f"failed ({last[:120]})"}
-    return {"status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
                 res = {"status": f"not run (estimate > {args.reference_max_gib:g} GiB)"}
             else:
                 start = time.time()
-                res = run_child(backend, size, args)
+                res = measure_in_subprocess(
+                    backend, size, args.channels, args.heads, args.n_win, args.topk,
+                    chunk_mb=args.chunk_mb, timeout=args.timeout,
+                )
                 res["wall_s"] = time.time() - start
             total = None
             if res.get("fwd_s") is not None:

@@ -20,7 +20,8 @@ Run on a machine with a CUDA GPU, from the repository root::
 Prints a table and writes JSON to ``--out``. Exit status: 0 when accuracy and determinism pass
 (speed targets are reported, and only fail the run with ``--strict``), 1 on a failure, 2 without a
 GPU. It takes well under 3 minutes on an H100. ``--smoke-cpu`` runs every step on tiny CPU
-inputs (needs ``TRITON_INTERPRET=1``) to check the script itself, not the kernels' speed.
+inputs with batch 1 and one timed run (needs ``TRITON_INTERPRET=1``) to check the script
+itself, not the kernels' speed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from biformer import ops
+from biformer.benchmarking import median_ms, time_steps
 from biformer.layers import BiLevelRoutingAttention
 
 # name, tokens per side, channels, heads, topk (BiFormer-S at 224 x 224, n_win 7, head_dim 32)
@@ -51,6 +52,12 @@ STAGES = [
     ("stage1", 56, 64, 2, 1),
     ("stage2", 28, 128, 4, 4),
     ("stage3", 14, 256, 8, 16),
+]
+# --smoke-cpu: the same region sizes (8x8 -> 2x2, 2x2, 1x1 tokens) and topks on tiny maps
+SMOKE_STAGES = [
+    ("stage1", 14, 32, 2, 1),
+    ("stage2", 14, 32, 2, 4),
+    ("stage3", 7, 32, 2, 16),
 ]
 N_WIN = 7
 WINDOW = 7
@@ -92,25 +99,8 @@ class Bench:
 
     def __call__(self, fn: Callable[[], object]) -> float:
         """Milliseconds (median of ``reps`` runs after ``warmup`` runs)."""
-        for _ in range(self.warmup):
-            fn()
-        times = []
-        cuda = self.device.type == "cuda"
-        for _ in range(self.reps):
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
-                    enable_timing=True
-                )
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
+        return median_ms(time_steps(fn, steps=self.reps, warmup=self.warmup,
+                                    device=self.device.type))
 
 
 def rel_rms(got: Tensor, want: Tensor) -> float:
@@ -173,10 +163,11 @@ class SdpaLayer(nn.Module):
 # checks
 
 
-def check_accuracy(device: torch.device, dtype: torch.dtype, batch: int) -> list[dict]:
+def check_accuracy(device: torch.device, dtype: torch.dtype, batch: int,
+                   stages: list[tuple]) -> list[dict]:
     """bf16 (or ``dtype``) Triton vs the fp32 reference, per stage, hard and soft routing."""
     rows = []
-    for name, side, channels, heads, topk in STAGES:
+    for name, side, channels, heads, topk in stages:
         for soft in (False, True):
             gen = torch.Generator(device=device).manual_seed(0)
             proj = torch.randn(batch, side, side, 3 * channels, device=device, generator=gen)
@@ -211,11 +202,12 @@ def check_accuracy(device: torch.device, dtype: torch.dtype, batch: int) -> list
     return rows
 
 
-def check_determinism(device: torch.device, dtype: torch.dtype, batch: int) -> dict:
+def check_determinism(device: torch.device, dtype: torch.dtype, batch: int,
+                      stages: list[tuple]) -> dict:
     """Two backward passes (soft routing: all three kernels and the weight gradient) must be
     bit-identical at every stage."""
     result = {}
-    for name, side, channels, heads, topk in STAGES:
+    for name, side, channels, heads, topk in stages:
         gen = torch.Generator(device=device).manual_seed(1)
         proj = torch.randn(batch, side, side, 3 * channels, device=device, generator=gen)
         weights, index = routing_for(proj[..., :channels], proj[..., channels:2 * channels], topk,
@@ -378,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("TRITON_INTERPRET") != "1":
             print("triton_gpu_check: --smoke-cpu needs TRITON_INTERPRET=1", file=sys.stderr)
             return 2
-        device, dtype = torch.device("cpu"), torch.float32
+        device, dtype, stages = torch.device("cpu"), torch.float32, SMOKE_STAGES
+        args.batch = args.check_batch = args.reps = 1
+        args.warmup = 0
     elif not torch.cuda.is_available():
         print(
             "triton_gpu_check: no CUDA GPU found; this check times and validates the compiled "
@@ -387,14 +381,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     else:
-        device, dtype = torch.device("cuda"), torch.bfloat16
+        device, dtype, stages = torch.device("cuda"), torch.bfloat16, STAGES
     t0 = time.perf_counter()
     torch.manual_seed(0)
     bench = Bench(device, args.warmup, args.reps)
-    accuracy = check_accuracy(device, dtype, args.check_batch)
-    determinism = check_determinism(device, dtype, args.check_batch)
+    accuracy = check_accuracy(device, dtype, args.check_batch, stages)
+    determinism = check_determinism(device, dtype, args.check_batch, stages)
     bandwidth = copy_bandwidth(device, bench)
-    timings = [time_stage(s, device, dtype, args.batch, bench, bandwidth) for s in STAGES]
+    timings = [time_stage(s, device, dtype, args.batch, bench, bandwidth) for s in stages]
     passed = all(r["passed"] for r in accuracy) and all(determinism.values())
     targets_met = all(r["target_layer_vs_window"] and r["target_floor"] for r in timings)
     print(format_report(accuracy, determinism, timings))

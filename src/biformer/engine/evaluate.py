@@ -174,27 +174,12 @@ def amp_dtype_for(choice: str, device: torch.device) -> torch.dtype | None:
 
 
 def _load_for_eval(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
-    from .modeling import build_model, checkpoint_record, load_weights, parse_model_kwargs
+    from .modeling import model_from_checkpoint
 
-    record = checkpoint_record(args.checkpoint)
-    name = args.model or record.get("model_name")
-    if not name:
-        raise CommandError(
-            f"--model is needed: {args.checkpoint} does not say which model it holds "
-            "(e.g. --model biformer_small for the official BiFormer-S file)"
-        )
-    if record.get("model_name") and args.model and args.model != record["model_name"]:
-        raise CommandError(
-            f"--checkpoint {args.checkpoint} holds a {record['model_name']}, not a {args.model}; "
-            f"pass --model {record['model_name']} or leave --model out"
-        )
-    kwargs = parse_model_kwargs(args.model_kwargs) if args.model_kwargs is not None else dict(
-        record.get("model_kwargs") or {}
+    return model_from_checkpoint(
+        args.checkpoint, model=args.model, model_kwargs=args.model_kwargs,
+        num_classes=args.num_classes, use_ema=args.ema,
     )
-    num_classes = args.num_classes or int(record.get("num_classes") or 1000)
-    model = build_model(name, num_classes=num_classes, model_kwargs=kwargs)
-    load_weights(model, args.checkpoint, use_ema=args.ema)
-    return model, record
 
 
 def main(args: argparse.Namespace) -> int:

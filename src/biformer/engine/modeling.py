@@ -21,6 +21,7 @@ __all__ = [
     "build_model",
     "checkpoint_record",
     "load_weights",
+    "model_from_checkpoint",
     "parse_model_kwargs",
     "unwrap",
 ]
@@ -86,6 +87,42 @@ def checkpoint_record(path: str, *, flag: str = "--checkpoint") -> dict[str, Any
         return {}
     keys = ("model_name", "model_kwargs", "num_classes", "class_names", "data_config", "dataset")
     return {k: ckpt.get(k) for k in keys}
+
+
+def model_from_checkpoint(
+    path: str,
+    *,
+    model: str | None,
+    model_kwargs: list[str] | None,
+    num_classes: int | None,
+    use_ema: bool,
+    default_model: str | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a checkpoint holds, with its weights, and the checkpoint's record.
+
+    ``model``, ``model_kwargs`` (``KEY=VALUE`` strings) and ``num_classes`` default to what one
+    of our checkpoints records; an official file records nothing, so ``model`` (or
+    ``default_model``) is then needed. A ``model`` that contradicts the record is an error.
+    """
+    record = checkpoint_record(path)
+    name = model or record.get("model_name") or default_model
+    if not name:
+        raise CommandError(
+            f"--model is needed: {path} does not say which model it holds "
+            "(e.g. --model biformer_small for the official BiFormer-S file)"
+        )
+    if record.get("model_name") and model and model != record["model_name"]:
+        raise CommandError(
+            f"--checkpoint {path} holds a {record['model_name']}, not a {model}; "
+            f"pass --model {record['model_name']} or leave --model out"
+        )
+    kwargs = parse_model_kwargs(model_kwargs) if model_kwargs is not None else dict(
+        record.get("model_kwargs") or {}
+    )
+    classes = num_classes or int(record.get("num_classes") or 1000)
+    net = build_model(name, num_classes=classes, model_kwargs=kwargs)
+    load_weights(net, path, use_ema=use_ema)
+    return net, record
 
 
 def _one_line(err: Exception) -> str:

@@ -67,32 +67,24 @@ def _build(args: argparse.Namespace):
 
     import biformer  # noqa: F401  (registers the models)
 
-    from .modeling import build_model, checkpoint_record, load_weights, parse_model_kwargs
+    from .modeling import model_from_checkpoint, parse_model_kwargs
 
-    record = checkpoint_record(args.checkpoint) if args.checkpoint else {}
-    name = args.model or record.get("model_name") or "biformer_small"
-    if record.get("model_name") and args.model and args.model != record["model_name"]:
-        raise CommandError(
-            f"--checkpoint {args.checkpoint} holds a {record['model_name']}, not a {args.model}; "
-            f"pass --model {record['model_name']} or leave --model out"
-        )
-    kwargs = parse_model_kwargs(args.model_kwargs) if args.model_kwargs is not None else dict(
-        record.get("model_kwargs") or {}
-    )
     if args.checkpoint:
-        num_classes = args.num_classes or int(record.get("num_classes") or 1000)
-        model = build_model(name, num_classes=num_classes, model_kwargs=kwargs)
-        load_weights(model, args.checkpoint, use_ema=args.ema)
-    else:
-        try:
-            model = timm.create_model(name, pretrained=True, **kwargs)
-        except Exception as err:  # download or cache failures come in many types
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CommandError(
-                f"no weights for {name}: pass --checkpoint PATH (getting the pretrained weights "
-                f"failed: {first[:160]})"
-            ) from None
-    return model, record
+        return model_from_checkpoint(
+            args.checkpoint, model=args.model, model_kwargs=args.model_kwargs,
+            num_classes=args.num_classes, use_ema=args.ema, default_model="biformer_small",
+        )
+    name = args.model or "biformer_small"
+    kwargs = parse_model_kwargs(args.model_kwargs)
+    try:
+        model = timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as err:  # download or cache failures come in many types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CommandError(
+            f"no weights for {name}: pass --checkpoint PATH (getting the pretrained weights "
+            f"failed: {first[:160]})"
+        ) from None
+    return model, {}
 
 
 def main(args: argparse.Namespace) -> int:
