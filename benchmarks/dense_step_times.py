@@ -5,10 +5,9 @@ Each case runs in a fresh subprocess that reports its forward (eval) time, one t
 one 800x1333 image (padded to 800x1344 by torchvision) with ``n_win=16`` as in the paper;
 segmentation a batch of two 512x512 images (UPerNet's pooling BatchNorm needs two in training)
 with ``n_win=8`` (the ADE20K setting); ``*_nwin7`` cases keep the
-classification ``n_win=7``, whose large regions make ``attn_backend="auto"`` pick the
-memory-bounded ``chunked`` path; ``*_chunked`` cases force it (at ``n_win=16`` "auto" picks the
-gather-based reference, whose backward is slow at this size). ``small_test`` is the
-configuration of the unit tests.
+classification ``n_win=7`` (large regions). ``attn_backend="auto"`` is the memory-bounded
+``chunked`` backend on CPU; ``*_reference`` cases force the gather-based reference for
+comparison. ``small_test`` is the configuration of the unit tests.
 
     python benchmarks/dense_step_times.py                      # every case
     python benchmarks/dense_step_times.py --cases frcnn_tiny,seg_upernet_tiny --json out.json
@@ -26,9 +25,9 @@ import time
 CASES = {
     # name: (task, model, n_win, attention backend, image size, batch)
     "frcnn_tiny": ("fasterrcnn", "biformer_tiny", 16, "auto", (800, 1333), 1),
-    "frcnn_tiny_chunked": ("fasterrcnn", "biformer_tiny", 16, "chunked", (800, 1333), 1),
-    "frcnn_small_chunked": ("fasterrcnn", "biformer_small", 16, "chunked", (800, 1333), 1),
-    "retina_small_chunked": ("retinanet", "biformer_small", 16, "chunked", (800, 1333), 1),
+    "frcnn_tiny_reference": ("fasterrcnn", "biformer_tiny", 16, "reference", (800, 1333), 1),
+    "frcnn_small": ("fasterrcnn", "biformer_small", 16, "auto", (800, 1333), 1),
+    "retina_small": ("retinanet", "biformer_small", 16, "auto", (800, 1333), 1),
     "frcnn_small_nwin7": ("fasterrcnn", "biformer_small", 7, "auto", (800, 1333), 1),
     "seg_upernet_tiny": ("upernet", "biformer_tiny", 8, "auto", (512, 512), 2),
     "seg_upernet_small": ("upernet", "biformer_small", 8, "auto", (512, 512), 2),

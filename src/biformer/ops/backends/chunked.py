@@ -11,7 +11,6 @@ or ``topk``. The tile budget is ``chunk_bytes`` (default 256 MiB, or ``BIFORMER_
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -131,7 +130,7 @@ class _ChunkedAttention(torch.autograd.Function):
                 with torch.enable_grad():
                     k_sel, v_sel = k_raw, v_raw
                     if w is not None:
-                        ww = w.to(k.dtype).repeat_interleave(lk, dim=1)[:, :, None]
+                        ww = _slot_weight(w, lk, k.dtype)
                         k_sel, v_sel = k_sel * ww, v_sel * ww
                     o = F.scaled_dot_product_attention(
                         _split_heads(qt, heads), _split_heads(k_sel, heads),
@@ -156,15 +155,14 @@ def _gather(k, v, ids, g, keys, weight, g0, g1, heads):
     k_sel = k.index_select(0, ids).view(g, keys, -1)
     v_sel = v.index_select(0, ids).view(g, keys, -1)
     if weight is not None:
-        w = _slot_weight(weight, g0, g1, k.shape[1], k.dtype).view(g, keys, 1)
+        w = _slot_weight(weight[g0:g1], k.shape[1], k.dtype)
         k_sel, v_sel = k_sel * w, v_sel * w
     return _split_heads(k_sel, heads), _split_heads(v_sel, heads)
 
 
-def _slot_weight(weight, g0, g1, lk, dtype):
-    """Soft-routing weight of every gathered key: ``[g, 1, topk*lk, 1]``."""
-    w = weight[g0:g1].to(dtype).repeat_interleave(lk, dim=1)
-    return w[:, None, :, None]
+def _slot_weight(weight, lk, dtype):
+    """Soft-routing weight ``[g, topk]`` spread over every gathered key: ``[g, topk*lk, 1]``."""
+    return weight.to(dtype).repeat_interleave(lk, dim=1)[:, :, None]
 
 
 def _bias(bias, ids, regions_per_group, g, keys):
@@ -204,14 +202,3 @@ def routed_attention(
     out = _ChunkedAttention.apply(q, k, v, gidx, weight, bias, float(scale), num_heads, r, budget)
     return from_regions(out.view(b, r, -1, value.shape[-1]), regions, (hq, wq))
 
-
-def estimated_tile_count(problem: Problem, chunk_bytes: int | None = None) -> int:
-    """How many tiles the chunked backend will run for ``problem`` (for logs and benchmarks)."""
-    groups = problem.batch * problem.num_regions
-    keys = problem.topk * problem.kv_tokens
-    channels = problem.num_heads * (problem.qk_head_dim + problem.v_head_dim)
-    gs, ts = plan_tiles(
-        groups, problem.q_tokens, keys, problem.num_heads, channels,
-        chunk_bytes or default_chunk_bytes(),
-    )
-    return math.ceil(groups / gs) * math.ceil(problem.q_tokens / ts)
