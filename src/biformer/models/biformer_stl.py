@@ -88,9 +88,14 @@ class BiFormerSTL(BiFormerBase):
     """BiFormer-STL backbone and classifier (NHWC blocks, legacy BRA).
 
     Arguments as ``biformer.models.BiFormer`` (``mlp_ratio`` defaults to 4); the stem is a
-    4x4 stride-4 conv with BatchNorm and the merging layers are BatchNorm + 2x2 conv.
+    4x4 stride-4 conv with BatchNorm and the merging layers are BatchNorm + 2x2 conv. Subclasses
+    swap the block (``block_cls``) and its layout (``channels_last_blocks``).
+
     Shape: ``forward``: ``[B, in_chans, H, W]`` -> ``[B, num_classes]``.
     """
+
+    block_cls: type[nn.Module] = BiFormerSTLBlock
+    channels_last_blocks = True
 
     def __init__(
         self,
@@ -127,13 +132,14 @@ class BiFormerSTL(BiFormerBase):
             downsample = nn.Identity() if i == 0 else patch_merging(dims[i - 1], dims[i],
                                                                     strides[i])
             blocks = [
-                BiFormerSTLBlock(dims[i], topk=topks[i], n_win=n_wins[i], mlp_ratio=mlp_ratio,
-                                 head_dim=head_dim, side_dwconv=side_dwconv,
-                                 drop_path=dpr[i][j], auto_pad=auto_pad,
-                                 attn_backend=attn_backend)
+                self.block_cls(dims[i], topk=topks[i], n_win=n_wins[i], mlp_ratio=mlp_ratio,
+                               head_dim=head_dim, side_dwconv=side_dwconv,
+                               drop_path=dpr[i][j], auto_pad=auto_pad,
+                               attn_backend=attn_backend)
                 for j in range(depths[i])
             ]
-            stages.append(BiFormerStage(downsample, blocks, channels_last_blocks=True))
+            stages.append(BiFormerStage(downsample, blocks,
+                                        channels_last_blocks=self.channels_last_blocks))
         self.stages = nn.Sequential(*stages)
         self._init_head(dims, num_classes=num_classes, global_pool=global_pool,
                         drop_rate=drop_rate, in_chans=in_chans, output_stride=output_stride)

@@ -18,18 +18,9 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import Tensor, nn
 
 from ..layers import AttentionLePE2d, BRA2d
-from .base import (
-    BiFormerBase,
-    BiFormerStage,
-    checkpoint_filter_fn,
-    drop_path_rates,
-    make_drop_path,
-    register_layout,
-    stage_strides,
-    stage_tuple,
-)
+from .base import checkpoint_filter_fn, make_drop_path, register_layout
 from .biformer import _cfg
-from .biformer_stl import patch_merging
+from .biformer_stl import BiFormerSTL
 from .pretrained import pretrained_kwargs
 
 __all__ = ["BiFormerSTLNCHW", "BiFormerSTLNCHWBlock"]
@@ -80,59 +71,25 @@ class BiFormerSTLNCHWBlock(nn.Module):
         return x
 
 
-class BiFormerSTLNCHW(BiFormerBase):
+class BiFormerSTLNCHW(BiFormerSTL):
     """BiFormer-STL with NCHW blocks (``BRA2d``); arguments as ``biformer.models.BiFormerSTL``.
 
-    ``auto_pad`` defaults to True here (``BRA2d`` handles any size, as the official module).
+    ``auto_pad`` defaults to True here (``BRA2d`` handles any size, as the official module) and
+    the last stage's ``topk`` to -1 (``AttentionLePE2d``).
     Shape: ``forward``: ``[B, in_chans, H, W]`` -> ``[B, num_classes]``.
     """
 
+    block_cls = BiFormerSTLNCHWBlock
+    channels_last_blocks = False
+
     def __init__(
         self,
-        depths: Sequence[int] = (2, 2, 6, 2),
-        dims: Sequence[int] = (96, 192, 384, 768),
-        *,
-        in_chans: int = 3,
-        num_classes: int = 1000,
-        global_pool: str = "avg",
-        mlp_ratio: float = 4.0,
-        head_dim: int = 32,
+        *args: Any,
         topks: int | Sequence[int] = (1, 4, 16, -1),
-        n_win: int | Sequence[int] = 7,
         auto_pad: bool = True,
-        attn_backend: str = "auto",
-        side_dwconv: int = 5,
-        output_stride: int = 32,
-        drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
+        **kwargs: Any,
     ):
-        super().__init__()
-        depths = stage_tuple(depths, "depths")
-        dims = stage_tuple(dims, "dims")
-        topks = stage_tuple(topks, "topks")
-        n_wins = stage_tuple(n_win, "n_win")
-        strides = (1, *stage_strides(output_stride))
-        dpr = drop_path_rates(depths, drop_path_rate)
-
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4), nn.BatchNorm2d(dims[0])
-        )
-        stages = []
-        for i in range(4):
-            downsample = nn.Identity() if i == 0 else patch_merging(dims[i - 1], dims[i],
-                                                                    strides[i])
-            blocks = [
-                BiFormerSTLNCHWBlock(dims[i], topk=topks[i], n_win=n_wins[i],
-                                     mlp_ratio=mlp_ratio, head_dim=head_dim,
-                                     side_dwconv=side_dwconv, drop_path=dpr[i][j],
-                                     auto_pad=auto_pad, attn_backend=attn_backend)
-                for j in range(depths[i])
-            ]
-            stages.append(BiFormerStage(downsample, blocks, channels_last_blocks=False))
-        self.stages = nn.Sequential(*stages)
-        self._init_head(dims, num_classes=num_classes, global_pool=global_pool,
-                        drop_rate=drop_rate, in_chans=in_chans, output_stride=output_stride)
-        self.apply(self._init_weights)
+        super().__init__(*args, topks=topks, auto_pad=auto_pad, **kwargs)
 
 
 def _create_biformer_stl_nchw(variant: str, pretrained: bool = False,
