@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -12,20 +11,11 @@ import torch
 from PIL import Image
 
 import biformer  # noqa: F401  (registers the models)
-from biformer.cli import main as cli_main
+
+from .cli import cli
 
 DEMO_KWARGS = ["depths=1,1,1,1", "dims=16,32,64,64", "head_dim=16", "mlp_ratio=2",
                "n_win=4,2,2,1", "topks=4,2,2,-2"]
-
-
-def cli(argv: list[str]) -> int:
-    """``biformer ARGV`` in this process (the command line rewrites ``sys.argv``: restored)."""
-    saved = sys.argv[:]
-    try:
-        return cli_main(argv)
-    finally:
-        sys.argv = saved
-
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

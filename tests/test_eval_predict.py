@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -13,20 +12,11 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import biformer  # noqa: F401  (registers the models)
-from biformer.cli import main as cli_main
 from biformer.engine.predict import class_names_for
 
+from .cli import cli
+
 TINY_KWARGS = ["dims=16,32,64,64", "depths=1,1,1,1"]
-
-
-def cli(argv: list[str]) -> int:
-    """``biformer ARGV`` in this process (the command line rewrites ``sys.argv``: restored)."""
-    saved = sys.argv[:]
-    try:
-        return cli_main(argv)
-    finally:
-        sys.argv = saved
-
 
 
 @pytest.fixture(scope="module")

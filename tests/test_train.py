@@ -6,30 +6,20 @@ import argparse
 import csv
 import json
 import os
-import sys
 
 import pytest
 import timm
 import torch
 
 import biformer
-from biformer.cli import main as cli_main
 from biformer.engine import recipe as recipes
 from biformer.engine import train as train_mod
 from biformer.engine.checkpointing import atomic_save, read_weights
 from biformer.engine.data import SeededSamples, digits_dataset
 
+from .cli import cli
+
 TINY_KWARGS = ["dims=16,32,64,64", "depths=1,1,1,1"]
-
-
-def cli(argv: list[str]) -> int:
-    """``biformer ARGV`` in this process (the command line rewrites ``sys.argv``: restored)."""
-    saved = sys.argv[:]
-    try:
-        return cli_main(argv)
-    finally:
-        sys.argv = saved
-
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
