@@ -23,7 +23,7 @@ import time
 import timm
 import torch
 
-import biformer  # noqa: F401  (registers the models)
+import biformer  # registers the models
 
 
 def measure(model_name: str, *, batch: int, size: int, threads: int, warmup: int, iters: int,
@@ -31,7 +31,8 @@ def measure(model_name: str, *, batch: int, size: int, threads: int, warmup: int
     """Seconds per forward pass of ``model_name`` -> a result record (images/s, settings)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = timm.create_model(model_name, attn_backend=backend).eval()
+    biformer.ops.set_default_backend(backend)
+    model = timm.create_model(model_name).eval()
     x = torch.randn(batch, 3, size, size)
     times = []
     with torch.inference_mode():
@@ -48,7 +49,7 @@ def measure(model_name: str, *, batch: int, size: int, threads: int, warmup: int
         "img_size": size,
         "dtype": "float32",
         "threads": threads,
-        "attn_backend": backend,
+        "backend": backend,
         "iters": iters,
         "median_s": median,
         "img_per_s_median": batch / median,

@@ -5,7 +5,7 @@ Each case runs in a fresh subprocess that reports its forward (eval) time, one t
 one 800x1333 image (padded to 800x1344 by torchvision) with ``n_win=16`` as in the paper;
 segmentation a batch of two 512x512 images (UPerNet's pooling BatchNorm needs two in training)
 with ``n_win=8`` (the ADE20K setting); ``*_nwin7`` cases keep the
-classification ``n_win=7`` (large regions). ``attn_backend="auto"`` is the memory-bounded
+classification ``n_win=7`` (large regions). The ``"auto"`` backend is the memory-bounded
 ``chunked`` backend on CPU; ``*_reference`` cases force the gather-based reference for
 comparison. ``small_test`` is the configuration of the unit tests.
 
@@ -45,6 +45,7 @@ task, name, n_win, backend, h, w, batch, threads = sys.argv[1:9]
 n_win, h, w, batch = int(n_win), int(h), int(w), int(batch)
 torch.set_num_threads(int(threads))
 torch.manual_seed(0)
+biformer.ops.set_default_backend(backend)
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 def boxes():
@@ -53,14 +54,14 @@ def boxes():
 
 if task in ("fasterrcnn", "retinanet", "fasterrcnn_test"):
     if task == "fasterrcnn_test":
-        model = fasterrcnn_biformer(name, num_classes=3, n_win=n_win, attn_backend=backend,
+        model = fasterrcnn_biformer(name, num_classes=3, n_win=n_win,
                                     min_size=h, max_size=w,
                                     backbone_kwargs=dict(depths=(1, 1, 2, 1), out_channels=64),
                                     rpn_batch_size_per_image=64, box_batch_size_per_image=64)
     else:
         build = fasterrcnn_biformer if task == "fasterrcnn" else retinanet_biformer
         # min_size 800, max_size 1333 (torchvision's defaults)
-        model = build(name, num_classes=91, n_win=n_win, attn_backend=backend)
+        model = build(name, num_classes=91, n_win=n_win)
     images = [torch.rand(3, h, w) for _ in range(batch)]
     targets = [dict(boxes=boxes(), labels=torch.tensor([1, 2, 1])) for _ in range(batch)]
     def forward_eval():
@@ -70,7 +71,7 @@ if task in ("fasterrcnn", "retinanet", "fasterrcnn_test"):
 else:
     import segmentation_models_pytorch as smp
     model = smp.UPerNet(encoder_name="tu-" + name, encoder_weights=None, classes=150,
-                        n_win=n_win, auto_pad=True, attn_backend=backend)
+                        n_win=n_win, auto_pad=True)
     x = torch.randn(batch, 3, h, w)
     y = torch.randint(0, 150, (batch, h, w))
     def forward_eval():

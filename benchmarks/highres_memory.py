@@ -22,7 +22,7 @@ from pathlib import Path
 
 from biformer.benchmarking import describe_environment, format_table
 from biformer.benchmarking.highres import measure_in_subprocess, reference_need
-from biformer.layers.bra2d import region_grid
+from biformer.layers.bra2d import region_layout
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, results = [], []
     for size in args.sizes:
         need = reference_need(size, args.channels, args.heads, args.n_win, args.topk)
-        region, regions = region_grid(size, args.n_win)
+        region, regions = region_layout(size, args.n_win)
         for backend in backends:
             if backend == "reference" and need > args.reference_max_gib * 2**30:
                 res = {"status": f"not run (estimate > {args.reference_max_gib:g} GiB)"}

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-import biformer  # noqa: F401  (registers the models)
+import biformer
 from biformer.checkpoint import CheckpointError
 from biformer.detection import (
     biformer_fpn_backbone,
@@ -213,8 +213,9 @@ def test_backbone_loads_classifier_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_paper_size_image_runs_with_n_win_16():
     # 800x1333 (padded to 800x1344): stage maps 200x336 ... padded to multiples of 16
-    model = fasterrcnn_biformer("biformer_tiny", num_classes=3, n_win=16, attn_backend="chunked",
+    model = fasterrcnn_biformer("biformer_tiny", num_classes=3, n_win=16,
                                 box_score_thresh=0.0, backbone_kwargs=dict(depths=(1, 1, 2, 1)))
+    assert biformer.layers.set_backend(model, "chunked") == 4
     model.eval()
     image = torch.rand(3, 800, 1333)
     seen = {}

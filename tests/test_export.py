@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
 import timm
 import torch
 
-import biformer  # noqa: F401  (registers the models)
+import biformer
+from biformer import ops
 from biformer.cli import main as cli_main
 from biformer.export import (
     export_onnx,
@@ -19,7 +21,6 @@ from biformer.export import (
     trace_size,
 )
 from biformer.layers import BiLevelRoutingAttention
-from biformer.ops import dispatch
 
 SMALL = dict(depths=(1, 1, 2, 1), auto_pad=True)
 TOL = 1e-4
@@ -28,19 +29,24 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    # built on the memory-bounded backend, which does not export: export must fall back
-    return timm.create_model("biformer_tiny", attn_backend="chunked", **SMALL).eval()
+    # the automatic backend is the memory-bounded one, which does not export: export falls back
+    return timm.create_model("biformer_tiny", **SMALL).eval()
 
 
 def _bra(model):
     return [m for m in model.modules() if isinstance(m, BiLevelRoutingAttention)]
 
 
-def test_exportable_switches_every_layer_to_reference_and_restores(model):
+def test_exportable_runs_default_layers_on_reference_and_refuses_a_forced_one(model, tmp_path):
+    assert ops.get_default_backend() == "auto"
     with exportable(model):
-        assert {m.backend for m in _bra(model)} == {"reference"}
-        assert dispatch._override[-1] == "reference"
-    assert {m.backend for m in _bra(model)} == {"chunked"}
+        assert ops.get_default_backend() == "reference"
+    assert ops.get_default_backend() == "auto"
+    assert {m.backend for m in _bra(model)} == {None}  # the model itself is never changed
+    forced = copy.deepcopy(model)
+    biformer.layers.set_backend(forced, "chunked")
+    with pytest.raises(ops.BackendUnavailable, match="traced for export"):
+        export_onnx(forced, tmp_path / "forced.onnx", sizes=[(224, 224)], verify=False)
 
 
 def test_trace_size_pads_every_layer(model):
@@ -57,7 +63,7 @@ def test_onnx_matches_pytorch_at_two_sizes(model, tmp_path):
     assert report.verified and not report.failures and report.dynamic_spatial
     assert set(report.errors) == {(224, 224), (201, 173)}
     assert report.max_error <= TOL, report.errors
-    assert {m.backend for m in _bra(model)} == {"chunked"}  # restored after export
+    assert {m.backend for m in _bra(model)} == {None}  # untouched by the export
     graph = onnx.load(str(path)).graph
     dims = [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", "", "height", "width"]

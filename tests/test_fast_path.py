@@ -9,13 +9,15 @@ import pytest
 import timm
 import torch
 
-import biformer  # noqa: F401  (registers the models)
+from biformer.layers import set_backend
 
 
 def _pair(backend_fast, **kwargs):
     torch.manual_seed(0)
-    ref = timm.create_model("biformer_tiny", attn_backend="reference", **kwargs).eval()
-    fast = timm.create_model("biformer_tiny", attn_backend=backend_fast, **kwargs).eval()
+    ref = timm.create_model("biformer_tiny", **kwargs).eval()
+    fast = timm.create_model("biformer_tiny", **kwargs).eval()
+    set_backend(ref, "reference")
+    set_backend(fast, backend_fast)
     fast.load_state_dict(ref.state_dict())
     return ref, fast
 

@@ -166,7 +166,7 @@ def test_forcing_flex_for_cpu_training_names_the_reason():
     q, k, v, index = _inputs(1, (2, 2), (4, 4), (4, 4), 2, 1, 16)
     q.requires_grad_(True)
     with pytest.raises(ops.BackendUnavailable, match="no CPU backward"):
-        ops.routed_attention(q, k, v, index, regions=(2, 2), num_heads=1, scale=0.25,
+        ops.routed_attention(q, k, v, index, n_win=(2, 2), num_heads=1, scale=0.25,
                              backend="flex")
     assert "flex" not in ops.available_backends(_problem(needs_grad=True))
 
@@ -185,7 +185,7 @@ def test_forcing_flex_for_cpu_training_names_the_reason():
 def test_cpu_forward_matches_reference(b, regions, q_region, kv_region, topk, heads, head_dim,
                                        key_valid):
     q, k, v, index = _inputs(b, regions, q_region, kv_region, topk, heads, head_dim)
-    kw = dict(regions=regions, num_heads=heads, scale=0.3, key_valid=key_valid)
+    kw = dict(n_win=regions, num_heads=heads, scale=0.3, key_valid=key_valid)
     want = ops.routed_attention(q, k, v, index, backend="reference", **kw)
     with torch.no_grad():
         got = ops.routed_attention(q, k, v, index, backend="flex", **kw)
@@ -235,7 +235,7 @@ def test_soft_routing_formulation_is_exact(regions, q_region, kv_region, topk, k
     """Two log-sum-exps give the value scaling exactly (checked on the eager, unfused path)."""
     q, k, v, index = _inputs(2, regions, q_region, kv_region, topk, 2, 8)
     weight = torch.softmax(torch.randn(2, regions[0] * regions[1], topk), -1)
-    kw = dict(regions=regions, num_heads=2, scale=0.4, key_valid=key_valid)
+    kw = dict(n_win=regions, num_heads=2, scale=0.4, key_valid=key_valid)
     want = ops.routed_attention(q, k, v, index, weight=weight, backend="reference", **kw)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", UserWarning)  # "flex_attention called without compile"
@@ -268,7 +268,7 @@ def test_cuda_forward_backward_match_reference(case, dtype, tol):
     weight = torch.softmax(torch.randn(b, regions[0] * regions[1], topk, device="cuda"), -1)
     weight = weight if soft else None
     leaves = [t.requires_grad_(True) for t in (q, k, v, weight) if t is not None]
-    kw = dict(regions=regions, num_heads=heads, scale=head_dim**-0.5, key_valid=key_valid)
+    kw = dict(n_win=regions, num_heads=heads, scale=head_dim**-0.5, key_valid=key_valid)
     want = ops.routed_attention(q, k, v, index, weight=weight, backend="reference", **kw)
     low = [t.detach().to(dtype).requires_grad_(True) for t in (q, k, v)]
     w_low = weight.detach().clone().requires_grad_(True) if soft else None

@@ -32,7 +32,7 @@ def test_construction_errors(kwargs, match):
 def test_bra2d_construction_errors():
     with pytest.raises(ValueError, match="dim=10 is not divisible by num_heads=4"):
         BRA2d(10, num_heads=4)
-    with pytest.raises(ValueError, match="topk=50 must be between 1 and n_win"):
+    with pytest.raises(ValueError, match="topk=50 must be between 1 and the number of regions n_win"):
         BRA2d(16, num_heads=2, n_win=7, topk=50)
 
 
@@ -55,11 +55,11 @@ def test_forward_errors_name_the_problem():
 def test_operator_errors():
     q = torch.randn(1, 4, 4, 8)
     idx = torch.zeros(1, 4, 2, dtype=torch.long)
-    kw = dict(regions=2, num_heads=2, scale=1.0)
+    kw = dict(n_win=2, num_heads=2, scale=1.0)
     with pytest.raises(ValueError, match="num_heads=3 must divide"):
-        ops.routed_attention(q, q, q, idx, regions=2, num_heads=3, scale=1.0)
+        ops.routed_attention(q, q, q, idx, n_win=2, num_heads=3, scale=1.0)
     with pytest.raises(ValueError, match="not a multiple of the region grid"):
-        ops.routed_attention(q, q, q, idx, regions=3, num_heads=2, scale=1.0)
+        ops.routed_attention(q, q, q, idx, n_win=3, num_heads=2, scale=1.0)
     with pytest.raises(ValueError, match="index must be"):
         ops.routed_attention(q, q, q, idx[:, :3], **kw)
     with pytest.raises(TypeError, match="index must be an integer"):

@@ -78,6 +78,9 @@ def test_ret_attn_mask_returns_routing_and_attention():
     assert torch.equal(index, i_want)
     torch.testing.assert_close(weights, w_want)
     assert attn.shape == (2 * 16, 4, 4, 3 * 4)  # (n*p2, heads, w2, topk*w2)
+    torch.testing.assert_close(attn.sum(-1), torch.ones_like(attn[..., 0]))  # probabilities
+    alias = layer(x, return_attention=True)  # the truthful name of the same output
+    assert all(torch.equal(a, b) for a, b in zip(alias, (out, weights, index, attn), strict=True))
     torch.testing.assert_close(attn.sum(-1), torch.ones(attn.shape[:-1], dtype=attn.dtype))
 
 

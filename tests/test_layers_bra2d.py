@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from biformer.layers import BRA2d
-from biformer.layers.bra2d import region_grid
+from biformer.layers.bra2d import region_layout
 
 from .oracles import nchw_bra_oracle
 
@@ -26,10 +26,10 @@ def test_bra2d_matches_dense_oracle(backend, size):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
 
 
-def test_region_grid_follows_the_reference():
-    assert region_grid((56, 56), 7) == ((8, 8), (7, 7))
-    assert region_grid((600, 500), 7) == ((85, 71), (8, 8))  # 600 = 7*85 + 5: an 8th row
-    assert region_grid((3, 30), 7) == ((1, 4), (3, 8))
+def test_region_layout_follows_the_reference():
+    assert region_layout((56, 56), 7) == ((8, 8), (7, 7))
+    assert region_layout((600, 500), 7) == ((85, 71), (8, 8))  # 600 = 7*85 + 5: an 8th row
+    assert region_layout((3, 30), 7) == ((1, 4), (3, 8))
 
 
 def test_parameter_names_match_the_official_nchw_module():
@@ -46,6 +46,8 @@ def test_ret_attn_mask_layout():
     out, attn = layer(x, ret_attn_mask=True)
     assert attn.shape == (1, 2, 4, 9, 2 * 9)  # (B, heads, regions, Lq, topk*Lk)
     torch.testing.assert_close(out, layer(x))
+    out2, attn2 = layer(x, return_attention=True)
+    assert torch.equal(out2, out) and torch.equal(attn2, attn)
 
 
 def test_mask_padded_keys_changes_only_padded_inputs():

@@ -236,16 +236,18 @@ def test_n_win_per_stage_topks_and_backend_overrides():
     x = torch.randn(1, 3, 256, 256)  # maps 64/32/16/8: multiples of 8, as 512x512 with n_win 8
     model = timm.create_model("biformer_tiny", n_win=8, **MINI).eval()
     assert model.stages[0].blocks[0].attn.n_win == 8
-    other = timm.create_model("biformer_tiny", n_win=(4, 4, 2, 1), topks=(2, 3, 4, -1),
-                              attn_backend="chunked", **MINI)
+    other = timm.create_model("biformer_tiny", n_win=(4, 4, 2, 1), topks=(2, 3, 4, -1), **MINI)
+    assert biformer.layers.set_backend(other, "chunked") == 4
     attn = other.stages[2].blocks[0].attn
     assert (attn.n_win, attn.topk, attn.backend) == (2, 4, "chunked")
     assert type(other.stages[3].blocks[0].attn).__name__ == "Attention"
     with torch.no_grad():
         assert model(x).shape == (1, 1000)
 
-    ref = timm.create_model("biformer_tiny", attn_backend="reference", **MINI).eval()
-    chunked = timm.create_model("biformer_tiny", attn_backend="chunked", **MINI).eval()
+    ref = timm.create_model("biformer_tiny", **MINI).eval()
+    chunked = timm.create_model("biformer_tiny", **MINI).eval()
+    biformer.layers.set_backend(ref, "reference")
+    biformer.layers.set_backend(chunked, "chunked")
     chunked.load_state_dict(ref.state_dict())
     with torch.no_grad():
         y = torch.randn(1, 3, 112, 112)

@@ -40,7 +40,7 @@ def test_backend_matches_dense_oracle(backend, soft, case):
     q, k, v, index, weight, regions, heads = _inputs(case, soft=soft)
     scale = 0.37
     out = ops.routed_attention(
-        q, k, v, index, regions=regions, num_heads=heads, scale=scale, weight=weight,
+        q, k, v, index, n_win=regions, num_heads=heads, scale=scale, weight=weight,
         backend=backend,
     )
     expected = dense_routed_attention(q, k, v, index, regions, heads, scale, weight)
@@ -60,7 +60,7 @@ def test_chunked_matches_reference_with_tiny_tiles(monkeypatch, dtype, tol, soft
     """Force one query token per tile so that every tiling path runs."""
     monkeypatch.setenv("BIFORMER_CHUNK_MB", "0.000001")
     q, k, v, index, weight, regions, heads = _inputs(case, dtype=dtype, soft=soft)
-    kw = dict(regions=regions, num_heads=heads, scale=0.5, weight=weight)
+    kw = dict(n_win=regions, num_heads=heads, scale=0.5, weight=weight)
     out_c = ops.routed_attention(q, k, v, index, backend="chunked", **kw)
     out_r = ops.routed_attention(q, k, v, index, backend="reference", **kw)
     torch.testing.assert_close(out_c, out_r, rtol=tol, atol=tol)
@@ -91,7 +91,7 @@ def test_gradcheck_float64(backend, soft, monkeypatch):
 
     def fn(q, k, v, *w):
         return ops.routed_attention(
-            q, k, v, index, regions=regions, num_heads=heads, scale=0.8,
+            q, k, v, index, n_win=regions, num_heads=heads, scale=0.8,
             weight=w[0] if w else None, backend=backend,
         )
 
@@ -104,7 +104,7 @@ def test_masked_padded_keys_get_no_attention():
     valid = (3, 3)  # last row and column are padding
     outs = [
         ops.routed_attention(
-            q, k, v, index, regions=regions, num_heads=heads, scale=1.0, key_valid=valid,
+            q, k, v, index, n_win=regions, num_heads=heads, scale=1.0, key_valid=valid,
             backend=b,
         )
         for b in BACKENDS
@@ -114,7 +114,7 @@ def test_masked_padded_keys_get_no_attention():
     k2, v2 = k.detach().clone(), v.detach().clone()
     k2[:, 3:], v2[:, 3:], k2[:, :, 3:], v2[:, :, 3:] = 7.0, -5.0, 3.0, 9.0
     again = ops.routed_attention(
-        q, k2, v2, index, regions=regions, num_heads=heads, scale=1.0, key_valid=valid,
+        q, k2, v2, index, n_win=regions, num_heads=heads, scale=1.0, key_valid=valid,
         backend="reference",
     )
     torch.testing.assert_close(again, outs[0])
@@ -123,12 +123,12 @@ def test_masked_padded_keys_get_no_attention():
 def test_routed_attention_with_weights_returns_official_layout():
     q, k, v, index, _, regions, heads = _inputs((2, (2, 2), (2, 2), (2, 2), 3, 2, 4, 4))
     out, attn = ops.routed_attention_with_weights(
-        q, k, v, index, regions=regions, num_heads=heads, scale=0.5
+        q, k, v, index, n_win=regions, num_heads=heads, scale=0.5
     )
     assert attn.shape == (2 * 4, 2, 4, 3 * 4)
     torch.testing.assert_close(attn.sum(-1), torch.ones(8, 2, 4, dtype=attn.dtype))
     torch.testing.assert_close(
-        out, ops.routed_attention(q, k, v, index, regions=regions, num_heads=heads, scale=0.5)
+        out, ops.routed_attention(q, k, v, index, n_win=regions, num_heads=heads, scale=0.5)
     )
 
 
@@ -143,3 +143,18 @@ def test_bi_level_routing_attention_composes_pool_route_attend():
     expected = dense_routed_attention(x, x * 0.5, x, index, (4, 4), 2, 0.3)
     torch.testing.assert_close(out, expected)
     assert weights.shape == (2, 16, 3)
+
+
+def test_regions_keyword_is_a_deprecated_alias_of_n_win():
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 4, 4, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    index = torch.tensor([[[0, 1], [1, 2], [3, 0], [2, 3]]])
+    kw = dict(num_heads=2, scale=0.5, backend="reference")
+    want = ops.routed_attention(q, k, v, index, n_win=2, **kw)
+    with pytest.warns(DeprecationWarning, match="called n_win="):
+        got = ops.routed_attention(q, k, v, index, regions=2, **kw)
+    assert torch.equal(got, want)
+    with pytest.raises(TypeError, match="n_win= only"):
+        ops.routed_attention(q, k, v, index, n_win=2, regions=2, **kw)
+    with pytest.raises(TypeError, match="n_win= .* is required"):
+        ops.routed_attention(q, k, v, index, **kw)

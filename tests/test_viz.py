@@ -75,12 +75,12 @@ def test_capture_routing_records_every_bra_layer_and_removes_hooks():
     assert [r.map_size for r in records] == [(56, 56), (28, 28), (14, 14), (14, 14)]
     assert [r.stride for r in records] == [(4.0, 4.0), (8.0, 8.0), (16.0, 16.0), (16.0, 16.0)]
     for rec in records:
-        assert rec.regions == (7, 7) and rec.image_size == (224, 224)
+        assert rec.n_win == (7, 7) and rec.image_size == (224, 224)
         assert rec.index.shape == rec.weights.shape == (2, 49, rec.topk)
         assert torch.allclose(rec.weights.sum(-1), torch.ones(2, 49), atol=1e-5)
         # the captured queries/keys reproduce the captured routing
-        _, index = topk_routing(region_mean(rec.query, rec.regions),
-                                region_mean(rec.key, rec.regions), topk=rec.topk,
+        _, index = topk_routing(region_mean(rec.query, rec.n_win),
+                                region_mean(rec.key, rec.n_win), topk=rec.topk,
                                 scale=rec.scale)
         assert torch.equal(index, rec.index)
     assert not torch.equal(records[1].index[0], records[1].index[1])  # per image
@@ -125,7 +125,7 @@ def test_query_attention_matches_bra2d(mask):
     with routing_hooks(layer, keep_qk=True) as records, torch.no_grad():
         _, attn = layer(x, ret_attn_mask=True)  # B, heads, R, Lq, topk*Lk
     rec = records[0]
-    assert rec.regions == (8, 9) and rec.region_size == (4, 4)
+    assert rec.n_win == (8, 9) and rec.region_size == (4, 4)
     for b, (ty, tx) in [(0, (0, 0)), (1, (29, 32)), (0, (13, 21))]:
         region = rec.region_of_token(ty, tx)
         _, probs = query_attention(rec, (ty, tx), batch=b)

@@ -4,8 +4,10 @@
 
 Every export runs the routed attention on the ``reference`` backend (plain PyTorch ops: topk,
 gather, matmul, softmax; the ``chunked``/``flex``/``triton`` paths use autograd functions,
-compiled kernels or Triton and do not export), whatever backend the model was built with; the
-model is restored afterwards. Each format is verified against the eager model at the requested
+compiled kernels or Triton and do not export): while a model is traced for export the automatic
+backend choice is the reference (``biformer.ops.dispatch``), and ``exportable`` makes it the
+choice of calls that follow the default too. A layer whose ``backend`` attribute forces another
+backend makes the export fail with that reason. Each format is verified against the eager model at the requested
 size and at an odd size, and the maximum relative error is reported.
 
 Dynamic spatial size: the BRA layers pad their input to a multiple of ``n_win`` only when needed
@@ -100,17 +102,10 @@ def _bra_layers(model: nn.Module) -> list[nn.Module]:
 
 @contextmanager
 def exportable(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the context, every BRA layer of ``model`` runs on the ``reference`` backend."""
-    layers = _bra_layers(model)
-    saved = [m.backend for m in layers]
-    try:
-        for m in layers:
-            m.backend = "reference"
-        with use_backend("reference"):
-            yield model
-    finally:
-        for m, backend in zip(layers, saved, strict=True):
-            m.backend = backend
+    """Within the context, the BRA layers of ``model`` that follow the default backend run on
+    the ``reference`` backend (the only one that exports)."""
+    with use_backend("reference"):
+        yield model
 
 
 class _ProbeDone(Exception):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..layers import BRA2d
-from ..layers.bra2d import region_grid
+from ..layers.bra2d import region_layout
 from ..ops.checks import Problem
 from .measure import measure_peak
 
@@ -32,7 +32,7 @@ Size = tuple[int, int]
 def reference_need(size: Size, channels: int, heads: int, n_win: int, topk: int) -> int:
     """Bytes the gather-based reference needs for one fp32 BRA2d call on ``1 x C x H x W``:
     gathered keys/values plus the attention matrix, forward only (``Problem.gathered_bytes``)."""
-    region, regions = region_grid(size, n_win)
+    region, regions = region_layout(size, n_win)
     d = channels // heads
     problem = Problem(
         device_type="cpu", dtype=torch.float32, batch=1, regions=regions, q_region=region,

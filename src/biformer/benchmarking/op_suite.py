@@ -119,13 +119,13 @@ def _core(shape: OpShape, method: str) -> Callable[[Tensor, Tensor, Tensor], Ten
         return lambda q, k, v: window_attention_core(q, k, v, num_heads=shape.heads)
     if method == GLOBAL:
         return lambda q, k, v: global_attention_core(q, k, v, num_heads=shape.heads)
-    backend, scale, regions = method[4:], shape.dim**-0.5, (shape.n_win, shape.n_win)
+    backend, scale, n_win = method[4:], shape.dim**-0.5, (shape.n_win, shape.n_win)
 
     def bra(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        q_r = ops.region_mean(q.detach(), regions)
-        k_r = ops.region_mean(k.detach(), regions)
+        q_r = ops.region_mean(q.detach(), n_win)
+        k_r = ops.region_mean(k.detach(), n_win)
         _, index = ops.topk_routing(q_r, k_r, topk=shape.topk, scale=scale)
-        return ops.routed_attention(q, k, v, index, regions=regions, num_heads=shape.heads,
+        return ops.routed_attention(q, k, v, index, n_win=n_win, num_heads=shape.heads,
                                     scale=scale, backend=backend)
 
     return bra

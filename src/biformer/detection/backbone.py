@@ -56,14 +56,13 @@ def create_body(
     checkpoint_path: str | os.PathLike | None = None,
     n_win: int | Sequence[int] = 16,
     auto_pad: bool = True,
-    attn_backend: str = "auto",
     **model_kwargs: Any,
 ) -> nn.Module:
     """A headless BiFormer (``num_classes=0``) with official/own weights if asked."""
     check_model_name(name)
     body = timm.create_model(
         name, pretrained=pretrained, num_classes=0, n_win=n_win, auto_pad=auto_pad,
-        attn_backend=attn_backend, **model_kwargs,
+        **model_kwargs,
     )
     if checkpoint_path is not None:
         load_backbone_checkpoint(body, checkpoint_path)
@@ -161,7 +160,6 @@ def biformer_fpn_backbone(
     stage_norms: bool = True,
     n_win: int | Sequence[int] = 16,
     auto_pad: bool = True,
-    attn_backend: str = "auto",
     **model_kwargs: Any,
 ) -> BiFormerFPN:
     """A BiFormer + FPN backbone that torchvision's detectors accept (it has ``out_channels``).
@@ -181,8 +179,7 @@ def biformer_fpn_backbone(
         out_channels: FPN width.
         stage_norms: the paper's extra LayerNorm per returned stage.
         n_win: regions per side (16 in the paper's detectors; any input size with
-            ``auto_pad``); ``attn_backend``: ``"auto"`` picks the memory-bounded path for
-            large maps.
+            ``auto_pad``; the automatic backend picks the memory-bounded path for large maps).
         model_kwargs: other model options (``drop_path_rate``, ``depths``, ...).
 
     Returns:
@@ -194,7 +191,7 @@ def biformer_fpn_backbone(
         trainable_stages = 3
     body = create_body(
         name, pretrained=pretrained, checkpoint_path=checkpoint_path, n_win=n_win,
-        auto_pad=auto_pad, attn_backend=attn_backend, **model_kwargs,
+        auto_pad=auto_pad, **model_kwargs,
     )
     body = convert_batchnorm(body, norm_layer)
     return BiFormerFPN(

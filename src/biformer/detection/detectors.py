@@ -33,7 +33,6 @@ def _backbone(
     trainable_stages: int | None,
     norm_layer: str,
     n_win: int | Sequence[int],
-    attn_backend: str,
     backbone_kwargs: Mapping[str, Any] | None,
 ) -> BiFormerFPN:
     extra = dict(backbone_kwargs or {})
@@ -49,7 +48,6 @@ def _backbone(
                       else LastLevelMaxPool()),
         out_channels=out_channels,
         n_win=n_win,
-        attn_backend=attn_backend,
         **extra,
     )
 
@@ -63,7 +61,6 @@ def fasterrcnn_biformer(
     trainable_stages: int | None = None,
     norm_layer: str = "bn",
     n_win: int | Sequence[int] = 16,
-    attn_backend: str = "auto",
     backbone_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> FasterRCNN:
@@ -75,7 +72,7 @@ def fasterrcnn_biformer(
     backbone = _backbone(
         name, single_stage=False, pretrained_backbone=pretrained_backbone,
         checkpoint_path=checkpoint_path, trainable_stages=trainable_stages, norm_layer=norm_layer,
-        n_win=n_win, attn_backend=attn_backend, backbone_kwargs=backbone_kwargs,
+        n_win=n_win, backbone_kwargs=backbone_kwargs,
     )
     return FasterRCNN(backbone, num_classes=num_classes, **kwargs)
 
@@ -89,7 +86,6 @@ def maskrcnn_biformer(
     trainable_stages: int | None = None,
     norm_layer: str = "bn",
     n_win: int | Sequence[int] = 16,
-    attn_backend: str = "auto",
     backbone_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> MaskRCNN:
@@ -97,7 +93,7 @@ def maskrcnn_biformer(
     backbone = _backbone(
         name, single_stage=False, pretrained_backbone=pretrained_backbone,
         checkpoint_path=checkpoint_path, trainable_stages=trainable_stages, norm_layer=norm_layer,
-        n_win=n_win, attn_backend=attn_backend, backbone_kwargs=backbone_kwargs,
+        n_win=n_win, backbone_kwargs=backbone_kwargs,
     )
     return MaskRCNN(backbone, num_classes=num_classes, **kwargs)
 
@@ -111,7 +107,6 @@ def retinanet_biformer(
     trainable_stages: int | None = None,
     norm_layer: str = "bn",
     n_win: int | Sequence[int] = 16,
-    attn_backend: str = "auto",
     backbone_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> RetinaNet:
@@ -119,7 +114,7 @@ def retinanet_biformer(
     backbone = _backbone(
         name, single_stage=True, pretrained_backbone=pretrained_backbone,
         checkpoint_path=checkpoint_path, trainable_stages=trainable_stages, norm_layer=norm_layer,
-        n_win=n_win, attn_backend=attn_backend, backbone_kwargs=backbone_kwargs,
+        n_win=n_win, backbone_kwargs=backbone_kwargs,
     )
     return RetinaNet(backbone, num_classes=num_classes, **kwargs)
 
@@ -133,7 +128,6 @@ def fcos_biformer(
     trainable_stages: int | None = None,
     norm_layer: str = "bn",
     n_win: int | Sequence[int] = 16,
-    attn_backend: str = "auto",
     backbone_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> FCOS:
@@ -141,6 +135,6 @@ def fcos_biformer(
     backbone = _backbone(
         name, single_stage=True, pretrained_backbone=pretrained_backbone,
         checkpoint_path=checkpoint_path, trainable_stages=trainable_stages, norm_layer=norm_layer,
-        n_win=n_win, attn_backend=attn_backend, backbone_kwargs=backbone_kwargs,
+        n_win=n_win, backbone_kwargs=backbone_kwargs,
     )
     return FCOS(backbone, num_classes=num_classes, **kwargs)

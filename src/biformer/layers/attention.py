@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checks import check_feature_map, check_heads
+from .checks import check_feature_map, check_heads, check_side_dwconv
+from .lepe import make_lepe
 
 __all__ = ["Attention", "AttentionLePE", "AttentionLePE2d"]
 
@@ -71,11 +72,7 @@ class AttentionLePE(Attention):
         side_dwconv: int = 5,
     ):
         super().__init__(dim, num_heads, qkv_bias, qk_scale, attn_drop, proj_drop)
-        self.lepe = (
-            nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
-            if side_dwconv > 0
-            else None
-        )
+        self.lepe = make_lepe(dim, check_side_dwconv(side_dwconv))
 
     def forward(self, x: Tensor) -> Tensor:
         check_feature_map(x, self.dim, "NHWC", type(self).__name__)
@@ -113,11 +110,7 @@ class AttentionLePE2d(nn.Module):
         self.qkv = nn.Conv2d(dim, dim * 3, kernel_size=1, bias=qkv_bias)
         self.proj = nn.Conv2d(dim, dim, kernel_size=1)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.lepe = (
-            nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
-            if side_dwconv > 0
-            else None
-        )
+        self.lepe = make_lepe(dim, check_side_dwconv(side_dwconv))
 
     def forward(self, x: Tensor) -> Tensor:
         check_feature_map(x, self.dim, "NCHW", type(self).__name__)

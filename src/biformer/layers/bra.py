@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import region_mean, routed_attention, routed_attention_with_weights, topk_routing
-from .checks import check_feature_map, check_heads
+from .checks import check_backend, check_bra_options, check_feature_map, check_heads
 from .kv_downsample import downsample_regions, make_kv_downsample
+from .lepe import make_lepe
 from .taps import RoutingTap
 
 __all__ = ["BiLevelRoutingAttention", "QKVLinear", "TopkRouter"]
@@ -80,12 +81,16 @@ class BiLevelRoutingAttention(nn.Module):
         soft_routing: multiply gathered keys and values by the routing weights.
         side_dwconv: kernel of the LePE depthwise conv on values (0 disables it).
         auto_pad: zero-pad inputs to a multiple of ``n_win`` before the projection, crop after.
-        backend: routed-attention backend (``"auto"``, ``"reference"``, ``"chunked"``, ...).
+        backend: this layer's routed-attention backend (``"reference"``, ``"chunked"``, ...);
+            None (default) follows ``biformer.ops.use_backend`` and the process default. Also
+            settable later as the ``backend`` attribute; see ``biformer.ops.dispatch``.
 
     Shape:
         ``forward(x)``: ``x`` ``[B, H, W, dim]`` (NHWC) -> ``[B, H, W, dim]``.
-        ``forward(x, ret_attn_mask=True)`` -> ``(out, weights [B, R, topk], index [B, R, topk],
-        attn [B*R, heads, Lq, topk*Lk])``, computed on the reference backend.
+        ``forward(x, return_attention=True)`` (or its official name ``ret_attn_mask=True``) ->
+        ``(out, weights [B, R, topk], index [B, R, topk], attn [B*R, heads, Lq, topk*Lk])``:
+        the routing and the attention weights (softmax probabilities, not a mask), computed on
+        the reference backend.
     """
 
     def __init__(
@@ -107,22 +112,12 @@ class BiLevelRoutingAttention(nn.Module):
         side_dwconv: int = 3,
         auto_pad: bool = False,
         *,
-        backend: str = "auto",
+        backend: str | None = None,
     ):
         super().__init__()
-        self.dim = dim
-        self.n_win = n_win
-        self.num_heads = num_heads
         self.qk_dim = qk_dim or dim
-        check_heads(dim, num_heads, "dim")
+        check_bra_options(dim, num_heads, n_win, topk, side_dwconv)
         check_heads(self.qk_dim, num_heads, "qk_dim")
-        if n_win < 1:
-            raise ValueError(f"n_win must be >= 1, got {n_win}")
-        if not 1 <= topk <= n_win * n_win:
-            raise ValueError(
-                f"topk={topk} must be between 1 and the number of regions n_win**2="
-                f"{n_win * n_win}; lower topk or raise n_win"
-            )
         if param_routing and not diff_routing:
             raise ValueError(
                 "param_routing=True needs diff_routing=True: the routing embedding only learns "
@@ -135,8 +130,9 @@ class BiLevelRoutingAttention(nn.Module):
             )
         if param_attention not in ("qkvo", "qkv"):
             raise ValueError(f"param_attention must be 'qkvo' or 'qkv', got {param_attention!r}")
-        if side_dwconv < 0 or (side_dwconv > 0 and side_dwconv % 2 == 0):
-            raise ValueError(f"side_dwconv must be 0 or an odd kernel size, got {side_dwconv}")
+        self.dim = dim
+        self.n_win = n_win
+        self.num_heads = num_heads
         self.scale = qk_scale or self.qk_dim**-0.5
         self.topk = topk
         self.param_routing = param_routing
@@ -148,13 +144,9 @@ class BiLevelRoutingAttention(nn.Module):
         self.kv_downsample_ratio = kv_downsample_ratio
         self.kv_downsample_kernel = kv_downsample_kernel
         self.auto_pad = auto_pad
-        self.backend = backend
+        self.backend = check_backend(backend)
 
-        self.lepe = (
-            nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
-            if side_dwconv > 0
-            else None
-        )
+        self.lepe = make_lepe(dim, side_dwconv)
         self.router = TopkRouter(
             self.qk_dim, topk, self.scale, param_routing=param_routing, diff_routing=diff_routing
         )
@@ -171,8 +163,11 @@ class BiLevelRoutingAttention(nn.Module):
             f"auto_pad={self.auto_pad}, backend={self.backend!r}"
         )
 
-    def forward(self, x: Tensor, ret_attn_mask: bool = False):
+    def forward(self, x: Tensor, ret_attn_mask: bool = False, *, return_attention: bool = False):
+        """``[B, H, W, dim]`` -> ``[B, H, W, dim]`` (NHWC); see the class notes for the
+        ``return_attention`` (``ret_attn_mask``) tuple."""
         check_feature_map(x, self.dim, "NHWC", type(self).__name__)
+        want_attn = ret_attn_mask or return_attention
         n, h_in, w_in, _ = x.shape
         win = self.n_win
         pad_b, pad_r = (-h_in) % win, (-w_in) % win
@@ -184,39 +179,35 @@ class BiLevelRoutingAttention(nn.Module):
                 )
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))  # zeros before the projection (official)
         _, h, w, _ = x.shape
-        regions = (win, win)
+        n_win = (win, win)
 
         q, k, v = self.qkv(x)  # B, H, W, C each (views of one projection)
-        q_regions = region_mean(q, regions)  # B, R, qk_dim
-        k_regions = region_mean(k, regions)
+        q_regions = region_mean(q, n_win)  # B, R, qk_dim
+        k_regions = region_mean(k, n_win)
         weights, index = self.router(q_regions, k_regions)
-        weights, index, _ = self.routing_tap(weights, index, regions)
+        weights, index, _ = self.routing_tap(weights, index, n_win)
 
         if not isinstance(self.kv_down, nn.Identity):
-            kv = downsample_regions(torch.cat([k, v], dim=-1), regions, self.kv_down)
+            kv = downsample_regions(torch.cat([k, v], dim=-1), n_win, self.kv_down)
             k_att, v_att = kv.split([self.qk_dim, self.dim], dim=-1)
         else:
             k_att, v_att = k, v
 
         soft = weights if self.soft_routing else None
         attn = None
+        common = dict(n_win=n_win, num_heads=self.num_heads, scale=self.scale, weight=soft,
+                      validate=False)
         if n == 0:
             out = x.new_zeros(0, h, w, self.dim)
-        elif ret_attn_mask:
-            out, attn = routed_attention_with_weights(
-                q, k_att, v_att, index, regions=regions, num_heads=self.num_heads,
-                scale=self.scale, weight=soft,
-            )
+        elif want_attn:
+            out, attn = routed_attention_with_weights(q, k_att, v_att, index, **common)
         else:
-            out = routed_attention(
-                q, k_att, v_att, index, regions=regions, num_heads=self.num_heads,
-                scale=self.scale, weight=soft, backend=self.backend,
-            )
+            out = routed_attention(q, k_att, v_att, index, backend=self.backend, **common)
         if self.lepe is not None:
             out = out + self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         out = self.wo(out)
         if pad_b or pad_r:
             out = out[:, :h_in, :w_in, :].contiguous()
-        if ret_attn_mask:
+        if want_attn:
             return out, weights, index, attn
         return out

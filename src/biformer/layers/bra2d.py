@@ -26,14 +26,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import region_mean, routed_attention, routed_attention_with_weights, topk_routing
-from .checks import check_feature_map, check_heads
+from .checks import check_backend, check_bra_options, check_feature_map
+from .lepe import make_lepe
 from .taps import RoutingTap
 
-__all__ = ["BRA2d", "region_grid"]
+__all__ = ["BRA2d", "region_layout"]
 
 
-def region_grid(size: tuple[int, int], n_win: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """``(region_size, regions)`` that BRA2d uses for an ``H x W`` map."""
+def region_layout(size: tuple[int, int], n_win: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(region_size, n_win)`` that BRA2d uses for an ``H x W`` map: the tokens per region and
+    the regions per side actually used (more than ``n_win`` when the size is not a multiple)."""
     h, w = size
     rs = (max(h // n_win, 1), max(w // n_win, 1))
     return rs, (math.ceil(h / rs[0]), math.ceil(w / rs[1]))
@@ -52,11 +54,13 @@ class BRA2d(nn.Module):
         auto_pad: True (default) pads any size as the reference does; False requires H and W to
             be multiples of ``n_win`` and raises otherwise.
         mask_padded_keys: exclude padded keys from attention (off: reference numbers).
-        backend: routed-attention backend.
+        backend: this layer's routed-attention backend; None (default) follows
+            ``biformer.ops.use_backend`` and the process default (``biformer.ops.dispatch``).
 
     Shape:
         ``forward(x)``: ``[B, dim, H, W]`` -> ``[B, dim, H, W]``.
-        ``forward(x, ret_attn_mask=True)`` -> ``(out, attn [B, heads, R, Lq, topk*Lk])``.
+        ``forward(x, return_attention=True)`` (official name ``ret_attn_mask=True``) ->
+        ``(out, attn [B, heads, R, Lq, topk*Lk])``, the attention weights (probabilities).
     """
 
     def __init__(
@@ -70,19 +74,10 @@ class BRA2d(nn.Module):
         auto_pad: bool = True,
         *,
         mask_padded_keys: bool = False,
-        backend: str = "auto",
+        backend: str | None = None,
     ):
         super().__init__()
-        check_heads(dim, num_heads, "dim")
-        if n_win < 1:
-            raise ValueError(f"n_win must be >= 1, got {n_win}")
-        if not 1 <= topk <= n_win * n_win:
-            raise ValueError(
-                f"topk={topk} must be between 1 and n_win**2={n_win * n_win}; lower topk or "
-                "raise n_win"
-            )
-        if side_dwconv < 0 or (side_dwconv > 0 and side_dwconv % 2 == 0):
-            raise ValueError(f"side_dwconv must be 0 or an odd kernel size, got {side_dwconv}")
+        check_bra_options(dim, num_heads, n_win, topk, side_dwconv)
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -91,12 +86,8 @@ class BRA2d(nn.Module):
         self.scale = qk_scale or dim**-0.5
         self.auto_pad = auto_pad
         self.mask_padded_keys = mask_padded_keys
-        self.backend = backend
-        self.lepe = (
-            nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
-            if side_dwconv > 0
-            else None
-        )
+        self.backend = check_backend(backend)
+        self.lepe = make_lepe(dim, side_dwconv)
         self.qkv_linear = nn.Conv2d(dim, 3 * dim, kernel_size=1)
         self.output_linear = nn.Conv2d(dim, dim, kernel_size=1)
         self.routing_tap = RoutingTap()
@@ -108,16 +99,19 @@ class BRA2d(nn.Module):
             f"backend={self.backend!r}"
         )
 
-    def forward(self, x: Tensor, ret_attn_mask: bool = False):
+    def forward(self, x: Tensor, ret_attn_mask: bool = False, *, return_attention: bool = False):
+        """``[B, dim, H, W]`` -> ``[B, dim, H, W]`` (NCHW); with ``return_attention`` (or
+        ``ret_attn_mask``) also the attention weights, see the class notes."""
         check_feature_map(x, self.dim, "NCHW", type(self).__name__)
+        want_attn = ret_attn_mask or return_attention
         _, _, h, w = x.shape
         if not self.auto_pad and (h % self.n_win or w % self.n_win):
             raise ValueError(
                 f"input size {(h, w)} is not a multiple of n_win={self.n_win} and auto_pad=False; "
                 "set auto_pad=True (any size) or resize the input"
             )
-        region_size, regions = region_grid((h, w), self.n_win)
-        hp, wp = regions[0] * region_size[0], regions[1] * region_size[1]
+        region_size, n_win = region_layout((h, w), self.n_win)
+        hp, wp = n_win[0] * region_size[0], n_win[1] * region_size[1]
 
         qkv = self.qkv_linear(x)  # B, 3C, H, W
         v = qkv[:, 2 * self.dim :]
@@ -126,30 +120,26 @@ class BRA2d(nn.Module):
         q, k, v_pad = qkv.permute(0, 2, 3, 1).split(self.dim, dim=-1)  # NHWC views
 
         valid = (h, w)
-        q_regions = region_mean(q.detach(), regions, valid=valid)  # B, R, C
-        k_regions = region_mean(k.detach(), regions, valid=valid)
-        topk = min(self.topk, regions[0] * regions[1])
+        q_regions = region_mean(q.detach(), n_win, valid=valid)  # B, R, C
+        k_regions = region_mean(k.detach(), n_win, valid=valid)
+        topk = min(self.topk, n_win[0] * n_win[1])
         weights, index = topk_routing(q_regions, k_regions, topk=topk, scale=None)
-        weights, index, _ = self.routing_tap(weights, index, regions)
+        weights, index, _ = self.routing_tap(weights, index, n_win)
 
         key_valid = valid if self.mask_padded_keys and (hp, wp) != (h, w) else None
+        common = dict(n_win=n_win, num_heads=self.num_heads, scale=self.scale,
+                      key_valid=key_valid, validate=False)
         attn = None
-        if ret_attn_mask:
-            out, attn = routed_attention_with_weights(
-                q, k, v_pad, index, regions=regions, num_heads=self.num_heads,
-                scale=self.scale, key_valid=key_valid,
-            )
-            b, r = x.shape[0], regions[0] * regions[1]
+        if want_attn:
+            out, attn = routed_attention_with_weights(q, k, v_pad, index, **common)
+            b, r = x.shape[0], n_win[0] * n_win[1]
             attn = attn.view(b, r, *attn.shape[1:]).transpose(1, 2)
         else:
-            out = routed_attention(
-                q, k, v_pad, index, regions=regions, num_heads=self.num_heads,
-                scale=self.scale, key_valid=key_valid, backend=self.backend,
-            )
+            out = routed_attention(q, k, v_pad, index, backend=self.backend, **common)
         out = out[:, :h, :w].permute(0, 3, 1, 2)  # NCHW view
         if self.lepe is not None:
             out = out + self.lepe(v)
         out = self.output_linear(out)
-        if ret_attn_mask:
+        if want_attn:
             return out, attn
         return out

@@ -45,14 +45,20 @@ def make_kv_downsample(
     return nn.Identity()
 
 
-def downsample_regions(x: Tensor, regions: tuple[int, int], pool: nn.Module) -> Tensor:
+def downsample_regions(x: Tensor, n_win: tuple[int, int], pool: nn.Module) -> Tensor:
     """Pool every region of an NHWC map separately.
 
     ``x`` ``[B, H, W, C]`` -> ``[B, Rh*h', Rw*w', C]`` where ``(h', w')`` is the pooled region size.
     """
     b, h, w, c = x.shape
-    rh, rw = regions
+    rh, rw = n_win
     sh, sw = h // rh, w // rw
+    kernel = getattr(pool, "kernel_size", None)
+    if isinstance(kernel, int) and kernel > min(sh, sw):
+        raise ValueError(
+            f"kv_downsample_ratio={kernel} is larger than the {sh}x{sw}-token regions of this "
+            f"{h}x{w} map; lower kv_downsample_ratio or n_win"
+        )
     t = x.reshape(b, rh, sh, rw, sw, c).permute(0, 1, 3, 5, 2, 4).reshape(b * rh * rw, c, sh, sw)
     t = pool(t)
     ph, pw = t.shape[-2:]

@@ -93,7 +93,6 @@ def nhwc_attention(
     head_dim: int,
     side_dwconv: int,
     auto_pad: bool,
-    backend: str,
 ) -> nn.Module:
     """The token mixer of one NHWC block, as the official models choose it from ``topk``.
 
@@ -115,7 +114,6 @@ def nhwc_attention(
             param_attention="qkvo",
             side_dwconv=side_dwconv,
             auto_pad=auto_pad,
-            backend=backend,
         )
     if topk == -1:
         return Attention(dim)

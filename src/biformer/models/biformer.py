@@ -59,15 +59,13 @@ class BiFormerBlock(nn.Module):
         side_dwconv: int = 5,
         drop_path: float = 0.0,
         auto_pad: bool = False,
-        attn_backend: str = "auto",
     ):
         super().__init__()
         hidden = int(mlp_ratio * dim)
         self.pos_embed = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = nhwc_attention(dim, topk=topk, n_win=n_win, head_dim=head_dim,
-                                   side_dwconv=side_dwconv, auto_pad=auto_pad,
-                                   backend=attn_backend)
+                                   side_dwconv=side_dwconv, auto_pad=auto_pad)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         # Identity at index 1 keeps the official parameter names (mlp.0, mlp.3)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.Identity(), nn.GELU(),
@@ -95,7 +93,6 @@ class BiFormer(BiFormerBase):
         topks: routed regions per stage (-2: global attention with LePE, -1: without).
         n_win: regions per side, an int or one per stage (``n_win x n_win`` regions).
         auto_pad: pad maps that are not multiples of ``n_win`` (any input size).
-        attn_backend: routed-attention backend (``"auto"``, ``"reference"``, ``"chunked"``, ...).
         side_dwconv: LePE kernel size.
         output_stride: 32, or 16 / 8 for dense prediction (later downsamplings keep the size).
         drop_rate: dropout before the classifier.
@@ -117,7 +114,6 @@ class BiFormer(BiFormerBase):
         topks: int | Sequence[int] = (1, 4, 16, -2),
         n_win: int | Sequence[int] = 7,
         auto_pad: bool = False,
-        attn_backend: str = "auto",
         side_dwconv: int = 5,
         output_stride: int = 32,
         drop_rate: float = 0.0,
@@ -150,7 +146,7 @@ class BiFormer(BiFormerBase):
             blocks = [
                 BiFormerBlock(dims[i], topk=topks[i], n_win=n_wins[i], mlp_ratio=mlp_ratio,
                               head_dim=head_dim, side_dwconv=side_dwconv, drop_path=dpr[i][j],
-                              auto_pad=auto_pad, attn_backend=attn_backend)
+                              auto_pad=auto_pad)
                 for j in range(depths[i])
             ]
             stages.append(BiFormerStage(downsample, blocks, channels_last_blocks=True))

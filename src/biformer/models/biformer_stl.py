@@ -66,14 +66,12 @@ class BiFormerSTLBlock(nn.Module):
         side_dwconv: int = 5,
         drop_path: float = 0.0,
         auto_pad: bool = False,
-        attn_backend: str = "auto",
     ):
         super().__init__()
         hidden = int(mlp_ratio * dim)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = nhwc_attention(dim, topk=topk, n_win=n_win, head_dim=head_dim,
-                                   side_dwconv=side_dwconv, auto_pad=auto_pad,
-                                   backend=attn_backend)
+                                   side_dwconv=side_dwconv, auto_pad=auto_pad)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.drop_path = make_drop_path(drop_path)
@@ -110,7 +108,6 @@ class BiFormerSTL(BiFormerBase):
         topks: int | Sequence[int] = (1, 4, 16, -2),
         n_win: int | Sequence[int] = 7,
         auto_pad: bool = False,
-        attn_backend: str = "auto",
         side_dwconv: int = 5,
         output_stride: int = 32,
         drop_rate: float = 0.0,
@@ -134,8 +131,7 @@ class BiFormerSTL(BiFormerBase):
             blocks = [
                 self.block_cls(dims[i], topk=topks[i], n_win=n_wins[i], mlp_ratio=mlp_ratio,
                                head_dim=head_dim, side_dwconv=side_dwconv,
-                               drop_path=dpr[i][j], auto_pad=auto_pad,
-                               attn_backend=attn_backend)
+                               drop_path=dpr[i][j], auto_pad=auto_pad)
                 for j in range(depths[i])
             ]
             stages.append(BiFormerStage(downsample, blocks,

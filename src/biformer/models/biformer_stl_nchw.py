@@ -44,15 +44,13 @@ class BiFormerSTLNCHWBlock(nn.Module):
         side_dwconv: int = 5,
         drop_path: float = 0.0,
         auto_pad: bool = True,
-        attn_backend: str = "auto",
     ):
         super().__init__()
         hidden = int(mlp_ratio * dim)
         self.norm1 = LayerNorm2d(dim, eps=1e-6)
         if topk > 0:
             self.attn: nn.Module = BRA2d(dim, num_heads=dim // head_dim, n_win=n_win, topk=topk,
-                                         side_dwconv=side_dwconv, auto_pad=auto_pad,
-                                         backend=attn_backend)
+                                         side_dwconv=side_dwconv, auto_pad=auto_pad)
         elif topk in (-1, -2):
             self.attn = AttentionLePE2d(dim, side_dwconv=side_dwconv)
         else:

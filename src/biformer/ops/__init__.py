@@ -6,6 +6,8 @@ from .dispatch import (
     available_backends,
     backend_reasons,
     choose_backend,
+    get_default_backend,
+    set_default_backend,
     use_backend,
 )
 from .functional import bi_level_routing_attention, routed_attention, routed_attention_with_weights
@@ -20,9 +22,11 @@ __all__ = [
     "bi_level_routing_attention",
     "choose_backend",
     "from_regions",
+    "get_default_backend",
     "region_mean",
     "routed_attention",
     "routed_attention_with_weights",
+    "set_default_backend",
     "to_regions",
     "topk_routing",
     "use_backend",

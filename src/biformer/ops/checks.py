@@ -7,7 +7,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Problem", "check_routed_attention_args"]
+__all__ = [
+    "Problem",
+    "check_index",
+    "check_maps",
+    "check_routed_attention_args",
+    "describe_problem",
+]
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,15 @@ def check_routed_attention_args(
     num_heads: int,
 ) -> Problem:
     """Validate the operator's inputs and describe the call; raises ValueError/TypeError."""
+    check_maps(query, key, value, regions, num_heads)
+    check_index(index, weight, query, regions)
+    return describe_problem(query, key, value, index, weight, regions, num_heads)
+
+
+def check_maps(
+    query: Tensor, key: Tensor, value: Tensor, regions: tuple[int, int], num_heads: int
+) -> None:
+    """Validate NHWC queries, keys and values against ``n_win`` and ``num_heads``."""
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -82,8 +97,8 @@ def check_routed_attention_args(
             f"query, key and value must share one dtype, got {query.dtype}, {key.dtype}, "
             f"{value.dtype}"
         )
-    if not (query.device == key.device == value.device == index.device):
-        raise ValueError("query, key, value and index must be on the same device")
+    if not (query.device == key.device == value.device):
+        raise ValueError("query, key and value must be on the same device")
     b, hq, wq, cq = query.shape
     bk, hk, wk, ck = key.shape
     if bk != b or value.shape[0] != b:
@@ -107,7 +122,18 @@ def check_routed_attention_args(
                 f"{name} spatial size {(h, w)} is not a multiple of the region grid {regions}; "
                 "pad the input to a multiple of n_win (auto_pad=True) or change n_win"
             )
-    r = rh * rw
+
+
+def check_index(
+    index: Tensor, weight: Tensor | None, query: Tensor, regions: tuple[int, int]
+) -> None:
+    """Validate a routing ``index`` ``[B, R, topk]`` (and soft-routing ``weight``)."""
+    b = query.shape[0]
+    r = regions[0] * regions[1]
+    if not isinstance(index, Tensor):
+        raise TypeError(f"index must be a torch.Tensor, got {type(index).__name__}")
+    if index.device != query.device:
+        raise ValueError(f"index is on {index.device} but query on {query.device}")
     if index.dim() != 3 or index.shape[0] != b or index.shape[1] != r:
         raise ValueError(
             f"index must be [batch, regions, topk] = [{b}, {r}, topk], got {tuple(index.shape)}"
@@ -121,6 +147,22 @@ def check_routed_attention_args(
         raise ValueError(
             f"weight must have the shape of index {tuple(index.shape)}, got {tuple(weight.shape)}"
         )
+
+
+def describe_problem(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    index: Tensor,
+    weight: Tensor | None,
+    regions: tuple[int, int],
+    num_heads: int,
+    masked_keys: bool = False,
+) -> Problem:
+    """The ``Problem`` of a call whose arguments are known to be valid (no checks)."""
+    b, hq, wq, cq = query.shape
+    _, hk, wk, _ = key.shape
+    rh, rw = regions
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (query, key, value, weight)
     )
@@ -131,11 +173,11 @@ def check_routed_attention_args(
         regions=(rh, rw),
         q_region=(hq // rh, wq // rw),
         kv_region=(hk // rh, wk // rw),
-        topk=topk,
+        topk=index.shape[2],
         num_heads=num_heads,
         qk_head_dim=cq // num_heads,
         v_head_dim=value.shape[-1] // num_heads,
         soft_routing=weight is not None,
-        masked_keys=False,
+        masked_keys=masked_keys,
         needs_grad=needs_grad,
     )

@@ -3,8 +3,9 @@
 Layout conventions (all public ops):
 
 * feature maps are NHWC: ``[batch, height, width, channels]``;
-* ``regions = (Rh, Rw)`` (or ``n_win``) splits them into ``Rh x Rw`` regions numbered in raster
-  order; ``height`` and ``width`` must be multiples of ``Rh`` and ``Rw``;
+* ``n_win = (Rh, Rw)`` (or an int for both) is the number of regions per side: the map is split
+  into ``num_regions = Rh * Rw`` regions numbered in raster order, each of ``region_size =
+  (H // Rh, W // Rw)`` tokens; ``height`` and ``width`` must be multiples of ``Rh`` and ``Rw``;
 * channels of multi-head tensors are ``(head, head_dim)``; routing is shared by all heads;
 * ``scale`` is the softmax temperature multiplying the queries. The official modules use
   ``qk_dim ** -0.5`` (the whole query/key width, not the per-head width): pass it explicitly.
@@ -12,16 +13,29 @@ Layout conventions (all public ops):
 
 from __future__ import annotations
 
-import dataclasses
+import warnings
 
 from torch import Tensor
 
-from .checks import check_routed_attention_args
+from .checks import check_maps, check_routed_attention_args, describe_problem
 from .dispatch import choose_backend, get_backend
 from .regions import as_pair, region_mean
 from .routing import topk_routing
 
 __all__ = ["routed_attention", "routed_attention_with_weights", "bi_level_routing_attention"]
+
+
+def _n_win(n_win, regions) -> tuple[int, int]:
+    """``n_win`` as a pair; ``regions=`` is its former name (deprecated)."""
+    if regions is not None:
+        if n_win is not None:
+            raise TypeError("pass n_win= only (regions= is its deprecated former name)")
+        warnings.warn("regions= is deprecated: it is called n_win= (regions per side)",
+                      DeprecationWarning, stacklevel=3)
+        n_win = regions
+    if n_win is None:
+        raise TypeError("n_win= (regions per side, an int or (Rh, Rw)) is required")
+    return as_pair(n_win, "n_win")
 
 
 def routed_attention(
@@ -30,51 +44,55 @@ def routed_attention(
     value: Tensor,
     index: Tensor,
     *,
-    regions: int | tuple[int, int],
+    n_win: int | tuple[int, int] | None = None,
     num_heads: int,
     scale: float,
     weight: Tensor | None = None,
     key_valid: tuple[int, int] | None = None,
-    backend: str = "auto",
+    backend: str | None = None,
+    validate: bool = True,
+    regions: int | tuple[int, int] | None = None,
 ) -> Tensor:
     """Each query region attends to all tokens of its routed key regions (multi-head).
 
     Args:
         query: ``[B, Hq, Wq, Cqk]`` NHWC queries.
         key: ``[B, Hk, Wk, Cqk]`` NHWC keys (``Hk, Wk`` may differ from the queries' when keys
-            are downsampled per region; the region grid is the same).
+            are downsampled per region; ``n_win`` is the same).
         value: ``[B, Hk, Wk, Cv]`` NHWC values.
-        index: ``[B, Rh*Rw, topk]`` int64 routed key-region ids per query region (from
-            ``topk_routing``); shared by all heads; values must lie in ``[0, Rh*Rw)``.
-        regions: ``n_win`` or ``(Rh, Rw)``, the number of regions along height and width.
+        index: ``[B, R, topk]`` integer routed key-region ids per query region (from
+            ``topk_routing``), ``R = Rh * Rw``; shared by all heads; values in ``[0, R)``.
+        n_win: regions per side, an int or ``(Rh, Rw)``.
         num_heads: attention heads; must divide ``Cqk`` and ``Cv``.
         scale: softmax temperature applied to the queries.
-        weight: optional ``[B, Rh*Rw, topk]`` soft-routing weights; gathered keys and values of
+        weight: optional ``[B, R, topk]`` soft-routing weights; gathered keys and values of
             routed region ``j`` are multiplied by ``weight[..., j]`` (differentiable).
         key_valid: optional ``(H, W)``: key tokens outside the top-left ``H x W`` are padding and
             get no attention (off in the official modules, which attend to padded zeros).
-        backend: ``"auto"``, ``"reference"``, ``"chunked"``, ``"flex"`` or ``"triton"``.
+        backend: ``None``/``"auto"`` (follow ``use_backend``, the default, then the automatic
+            choice), ``"reference"``, ``"chunked"``, ``"flex"`` or ``"triton"`` (see
+            ``biformer.ops.dispatch`` for the rule).
+        validate: check every argument (the default). ``False`` skips the checks, for callers
+            that validated the shapes and built ``index`` with ``topk_routing`` themselves (the
+            BRA layers); wrong arguments then give undefined results.
+        regions: deprecated former name of ``n_win``.
 
     Returns:
         ``[B, Hq, Wq, Cv]`` NHWC output, contiguous.
     """
-    rh_rw = as_pair(regions, "regions")
-    problem = check_routed_attention_args(query, key, value, index, weight, rh_rw, num_heads)
-    if key_valid is not None:
-        problem = dataclasses.replace(problem, masked_keys=True)
+    rh_rw = _n_win(n_win, regions)
+    masked = key_valid is not None
+    if validate:
+        problem = check_routed_attention_args(query, key, value, index, weight, rh_rw, num_heads)
+        if masked:
+            problem = describe_problem(query, key, value, index, weight, rh_rw, num_heads, True)
+    else:
+        problem = describe_problem(query, key, value, index, weight, rh_rw, num_heads, masked)
     if query.shape[0] == 0:
         return value.new_empty(0, query.shape[1], query.shape[2], value.shape[-1])
-    name = choose_backend(problem, backend)
-    impl = get_backend(name)
+    impl = get_backend(choose_backend(problem, backend))
     return impl.routed_attention(
-        query,
-        key,
-        value,
-        index,
-        weight,
-        regions=rh_rw,
-        num_heads=num_heads,
-        scale=scale,
+        query, key, value, index, weight, n_win=rh_rw, num_heads=num_heads, scale=scale,
         key_valid=key_valid,
     )
 
@@ -85,13 +103,15 @@ def routed_attention_with_weights(
     value: Tensor,
     index: Tensor,
     *,
-    regions: int | tuple[int, int],
+    n_win: int | tuple[int, int] | None = None,
     num_heads: int,
     scale: float,
     weight: Tensor | None = None,
     key_valid: tuple[int, int] | None = None,
+    validate: bool = True,
+    regions: int | tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """``routed_attention`` on the reference backend, also returning the attention matrix.
+    """``routed_attention`` on the reference backend, also returning the attention weights.
 
     Returns:
         ``(out, attn)``: ``out`` ``[B, Hq, Wq, Cv]``; ``attn`` ``[B*R, heads, Lq, topk*Lk]``
@@ -100,10 +120,11 @@ def routed_attention_with_weights(
     """
     from .backends import reference
 
-    rh_rw = as_pair(regions, "regions")
-    check_routed_attention_args(query, key, value, index, weight, rh_rw, num_heads)
+    rh_rw = _n_win(n_win, regions)
+    if validate:
+        check_routed_attention_args(query, key, value, index, weight, rh_rw, num_heads)
     return reference.routed_attention_with_weights(
-        query, key, value, index, weight, regions=rh_rw, num_heads=num_heads, scale=scale,
+        query, key, value, index, weight, n_win=rh_rw, num_heads=num_heads, scale=scale,
         key_valid=key_valid,
     )
 
@@ -119,7 +140,7 @@ def bi_level_routing_attention(
     scale: float,
     soft_routing: bool = False,
     diff_routing: bool = False,
-    backend: str = "auto",
+    backend: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The whole parameter-free BRA: region means -> top-k routing -> routed attention.
 
@@ -135,16 +156,15 @@ def bi_level_routing_attention(
     Returns:
         ``(out [B, H, W, Cv], weights [B, R, topk], index [B, R, topk])``.
     """
-    regions = as_pair(n_win, "n_win")
-    q_regions = region_mean(query, regions)
-    k_regions = region_mean(key, regions)
+    rh_rw = as_pair(n_win, "n_win")
+    check_maps(query, key, value, rh_rw, num_heads)
+    q_regions = region_mean(query, rh_rw)
+    k_regions = region_mean(key, rh_rw)
     if not diff_routing:
         q_regions, k_regions = q_regions.detach(), k_regions.detach()
     weights, index = topk_routing(q_regions, k_regions, topk=topk, scale=scale)
     out = routed_attention(
-        query, key, value, index, regions=regions, num_heads=num_heads, scale=scale,
-        weight=weights if soft_routing else None, backend=backend,
+        query, key, value, index, n_win=rh_rw, num_heads=num_heads, scale=scale,
+        weight=weights if soft_routing else None, backend=backend, validate=False,
     )
     return out, weights, index
-
-

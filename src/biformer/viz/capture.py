@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import BiLevelRoutingAttention, BRA2d
-from ..layers.bra2d import region_grid
+from ..layers.bra2d import region_layout
 from ..ops import from_regions, to_regions
 
 __all__ = [
@@ -44,7 +44,7 @@ class RoutingRecord:
     Attributes:
         name: the layer's module path in the model (e.g. ``"stages.1.blocks.3.attn"``).
         stage, block: parsed from ``name`` (-1 when the path has no ``stages.i...j``).
-        regions: region grid ``(Rh, Rw)``; region ``r`` is row ``r // Rw``, column ``r % Rw``.
+        n_win: regions per side ``(Rh, Rw)``; region ``r`` is row ``r // Rw``, column ``r % Rw``.
         region_size: tokens per region ``(rh, rw)`` of the (padded) map.
         map_size: ``(H, W)`` tokens of the layer's input before any padding.
         image_size: ``(H, W)`` pixels of the model input.
@@ -60,7 +60,7 @@ class RoutingRecord:
     name: str
     stage: int
     block: int
-    regions: tuple[int, int]
+    n_win: tuple[int, int]
     region_size: tuple[int, int]
     map_size: tuple[int, int]
     image_size: tuple[int, int]
@@ -91,7 +91,7 @@ class RoutingRecord:
 
     def region_of_token(self, ty: int, tx: int) -> int:
         """Raster id of the region holding map token ``(ty, tx)``."""
-        return (ty // self.region_size[0]) * self.regions[1] + tx // self.region_size[1]
+        return (ty // self.region_size[0]) * self.n_win[1] + tx // self.region_size[1]
 
     def region_of_pixel(self, y: float, x: float) -> int:
         """Raster id of the region holding image pixel ``(y, x)``."""
@@ -101,7 +101,7 @@ class RoutingRecord:
         """``(top, left, bottom, right)`` map tokens of ``region`` that lie on the real map
         (end-exclusive; empty when the region is all padding)."""
         rh, rw = self.region_size
-        i, j = divmod(int(region), self.regions[1])
+        i, j = divmod(int(region), self.n_win[1])
         top, left = min(i * rh, self.map_size[0]), min(j * rw, self.map_size[1])
         bottom = min((i + 1) * rh, self.map_size[0])
         right = min((j + 1) * rw, self.map_size[1])
@@ -144,12 +144,12 @@ class _Recorder:
         self._map_size: tuple[int, int] | None = None
         self._qk: tuple[Tensor, Tensor] | None = None
 
-    def geometry(self, regions: tuple[int, int]) -> tuple[int, int]:
+    def geometry(self, n_win: tuple[int, int]) -> tuple[int, int]:
         """Tokens per region of the padded map, as the layer computes them."""
         h, w = self._map_size
         if self.nchw:
-            return region_grid((h, w), self.module.n_win)[0]
-        return math.ceil(h / regions[0]), math.ceil(w / regions[1])
+            return region_layout((h, w), self.module.n_win)[0]
+        return math.ceil(h / n_win[0]), math.ceil(w / n_win[1])
 
     def pre_forward(self, module: nn.Module, args: tuple) -> None:
         x = args[0]
@@ -162,7 +162,7 @@ class _Recorder:
         if self.nchw:  # [B, 3C, H, W] of the unpadded map: pad as the layer does
             c = self.module.dim
             h, w = self._map_size
-            rs, grid = region_grid((h, w), self.module.n_win)
+            rs, grid = region_layout((h, w), self.module.n_win)
             out = F.pad(output.detach(), (0, grid[1] * rs[1] - w, 0, grid[0] * rs[0] - h))
             q, k = out[:, :c].permute(0, 2, 3, 1), out[:, c : 2 * c].permute(0, 2, 3, 1)
         else:  # (q, k, v) NHWC views of the padded map
@@ -170,8 +170,8 @@ class _Recorder:
         self._qk = (q.float().cpu(), k.float().cpu())
 
     def routing(self, module: nn.Module, args: tuple, output) -> None:
-        weights, index, regions = output
-        regions = (int(regions[0]), int(regions[1]))
+        weights, index, n_win = output
+        n_win = (int(n_win[0]), int(n_win[1]))
         m = self.module
         key_valid = None
         if self.nchw and m.mask_padded_keys:
@@ -181,8 +181,8 @@ class _Recorder:
             name=self.name,
             stage=self.stage,
             block=self.block,
-            regions=regions,
-            region_size=self.geometry(regions),
+            n_win=n_win,
+            region_size=self.geometry(n_win),
             map_size=self._map_size,
             image_size=self.image_size[-1] if self.image_size else self._map_size,
             weights=weights.detach().float().cpu(),
@@ -269,7 +269,7 @@ def query_attention(
         raise ValueError(f"token {token} lies outside the layer's map {record.map_size}")
     region = record.region_of_token(ty, tx)
     routed = record.routed(region, batch)
-    keys = to_regions(record.key[batch : batch + 1], record.regions)[0]  # R, L, C
+    keys = to_regions(record.key[batch : batch + 1], record.n_win)[0]  # R, L, C
     sel = keys[routed]  # topk, L, C
     if record.soft_routing:
         sel = sel * record.weights[batch, region].view(-1, 1, 1)
@@ -281,7 +281,7 @@ def query_attention(
         size = record.key.shape[1:3]
         valid = torch.zeros(1, size[0], size[1], 1, dtype=torch.bool)
         valid[:, : record.key_valid[0], : record.key_valid[1]] = True
-        valid = to_regions(valid, record.regions)[0, routed].reshape(-1)
+        valid = to_regions(valid, record.n_win)[0, routed].reshape(-1)
         logits = logits.masked_fill(~valid, float("-inf"))
     return routed, torch.softmax(logits, dim=-1).mean(0)
 
@@ -290,10 +290,10 @@ def attention_map(record: RoutingRecord, token: tuple[int, int], *, batch: int =
     """``query_attention`` laid out on the layer's map: ``[H, W]`` (zero off the routed
     regions; padded tokens cropped)."""
     routed, probs = query_attention(record, token, batch=batch)
-    rh, rw = record.regions
+    rh, rw = record.n_win
     length = record.region_size[0] * record.region_size[1]
     grid = torch.zeros(1, rh * rw, length, 1)
     grid[0, routed, :, 0] = probs.view(len(routed), length)
     size = (rh * record.region_size[0], rw * record.region_size[1])
-    full = from_regions(grid, record.regions, size)[0, ..., 0]  # Hp, Wp
+    full = from_regions(grid, record.n_win, size)[0, ..., 0]  # Hp, Wp
     return full[: record.map_size[0], : record.map_size[1]]

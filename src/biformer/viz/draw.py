@@ -147,7 +147,7 @@ class RoutingPicture:
 
 def _label(record: RoutingRecord) -> str:
     where = f"stage {record.stage}, block {record.block}" if record.stage >= 0 else record.name
-    return f"{where}: top-{record.topk} of {record.regions[0]}x{record.regions[1]} regions"
+    return f"{where}: top-{record.topk} of {record.n_win[0]}x{record.n_win[1]} regions"
 
 
 def render_routing(

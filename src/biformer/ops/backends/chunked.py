@@ -54,8 +54,8 @@ def plan_tiles(
     kv_bytes = 2 * 4 * keys * channels  # one region's gathered keys and values (+ gradients)
     tokens = q_tokens if row_bytes * q_tokens <= budget else max(1, budget // row_bytes)
     per_region = row_bytes * tokens + kv_bytes
-    regions = max(1, min(groups, budget // max(per_region, 1)))
-    return regions, tokens
+    per_tile = max(1, min(groups, budget // max(per_region, 1)))
+    return per_tile, tokens
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -80,7 +80,7 @@ class _ChunkedAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, gidx, weight, bias, scale, heads, regions_per_group, budget):
+    def forward(ctx, q, k, v, gidx, weight, bias, scale, heads, num_regions, budget):
         g_total, lq, _ = q.shape
         lk = k.shape[1]
         topk = gidx.shape[1]
@@ -91,21 +91,21 @@ class _ChunkedAttention(torch.autograd.Function):
             g1 = min(g0 + gs, g_total)
             ids = gidx[g0:g1].reshape(-1)
             k_sel, v_sel = _gather(k, v, ids, g1 - g0, keys, weight, g0, g1, heads)
-            b_sel = _bias(bias, ids, regions_per_group, g1 - g0, keys)
+            b_sel = _bias(bias, ids, num_regions, g1 - g0, keys)
             for t0 in range(0, lq, ts):
                 t1 = min(t0 + ts, lq)
                 qt = _split_heads(q[g0:g1, t0:t1], heads)
                 o = F.scaled_dot_product_attention(qt, k_sel, v_sel, attn_mask=b_sel, scale=scale)
                 out[g0:g1, t0:t1] = _merge_heads(o)
         ctx.save_for_backward(q, k, v, gidx, weight, bias)
-        ctx.plan = (scale, heads, regions_per_group, gs, ts)
+        ctx.plan = (scale, heads, num_regions, gs, ts)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout):
         q, k, v, gidx, weight, bias = ctx.saved_tensors
-        scale, heads, regions_per_group, gs, ts = ctx.plan
+        scale, heads, num_regions, gs, ts = ctx.plan
         g_total, lq, _ = q.shape
         lk = k.shape[1]
         topk = gidx.shape[1]
@@ -119,7 +119,7 @@ class _ChunkedAttention(torch.autograd.Function):
             g1 = min(g0 + gs, g_total)
             g = g1 - g0
             ids = gidx[g0:g1].reshape(-1)
-            b_sel = _bias(bias, ids, regions_per_group, g, keys)
+            b_sel = _bias(bias, ids, num_regions, g, keys)
             k_raw = k.index_select(0, ids).view(g, keys, -1).requires_grad_(True)
             v_raw = v.index_select(0, ids).view(g, keys, -1).requires_grad_(True)
             w = weight[g0:g1].detach().requires_grad_(want_dw) if weight is not None else None
@@ -165,11 +165,11 @@ def _slot_weight(weight, lk, dtype):
     return weight.to(dtype).repeat_interleave(lk, dim=1)[:, :, None]
 
 
-def _bias(bias, ids, regions_per_group, g, keys):
+def _bias(bias, ids, num_regions, g, keys):
     """Key-mask bias of the gathered keys, ``[g, 1, 1, keys]``, or None."""
     if bias is None:
         return None
-    return bias[ids % regions_per_group].view(g, 1, 1, keys)
+    return bias[ids % num_regions].view(g, 1, 1, keys)
 
 
 def routed_attention(
@@ -179,7 +179,7 @@ def routed_attention(
     index: Tensor,
     weight: Tensor | None,
     *,
-    regions: tuple[int, int],
+    n_win: tuple[int, int],
     num_heads: int,
     scale: float,
     key_valid: tuple[int, int] | None = None,
@@ -187,18 +187,18 @@ def routed_attention(
 ) -> Tensor:
     """Routed attention in bounded memory, NHWC in and out; see ``biformer.ops.routed_attention``."""
     b, hq, wq, _ = query.shape
-    r = regions[0] * regions[1]
-    q = to_regions(query, regions).reshape(b * r, -1, query.shape[-1])
-    k = to_regions(key, regions).reshape(b * r, -1, key.shape[-1])
-    v = to_regions(value, regions).reshape(b * r, -1, value.shape[-1])
+    r = n_win[0] * n_win[1]
+    q = to_regions(query, n_win).reshape(b * r, -1, query.shape[-1])
+    k = to_regions(key, n_win).reshape(b * r, -1, key.shape[-1])
+    v = to_regions(value, n_win).reshape(b * r, -1, value.shape[-1])
     offsets = torch.arange(b, device=index.device).view(b, 1, 1) * r
     gidx = (index.long() + offsets).reshape(b * r, -1)
     bias = None
     if key_valid is not None:
-        bias = key_bias(key.shape[1:3], key_valid, regions, query.dtype, query.device)
+        bias = key_bias(key.shape[1:3], key_valid, n_win, query.dtype, query.device)
     budget = chunk_bytes or default_chunk_bytes()
     if weight is not None:
         weight = weight.reshape(b * r, -1)
     out = _ChunkedAttention.apply(q, k, v, gidx, weight, bias, float(scale), num_heads, r, budget)
-    return from_regions(out.view(b, r, -1, value.shape[-1]), regions, (hq, wq))
+    return from_regions(out.view(b, r, -1, value.shape[-1]), n_win, (hq, wq))
 

@@ -370,7 +370,7 @@ def routed_attention(
     index: Tensor,
     weight: Tensor | None,
     *,
-    regions: tuple[int, int],
+    n_win: tuple[int, int],
     num_heads: int,
     scale: float,
     key_valid: tuple[int, int] | None = None,
@@ -384,22 +384,22 @@ def routed_attention(
     b, hq, wq, _ = query.shape
     if query.device.type == "cpu":  # CPU FlexAttention refuses tensors that require grad
         query, key, value = query.detach(), key.detach(), value.detach()
-    r = regions[0] * regions[1]
+    r = n_win[0] * n_win[1]
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (query, key, value, weight)
     )
     plan = build_block_mask(
         index,
-        regions=regions,
-        q_tokens=(hq // regions[0]) * (wq // regions[1]),
+        regions=n_win,
+        q_tokens=(hq // n_win[0]) * (wq // n_win[1]),
         key_size=(key.shape[1], key.shape[2]),
         key_valid=key_valid,
         for_backward=needs_grad,
         exact_mask_mod=not compiled,
     )
-    q = _to_sequence(query, regions, plan.q, num_heads)  # B, m, Nq, d
-    k = _to_sequence(key, regions, plan.k, num_heads)  # B, m, Nk, d
-    v = _to_sequence(value, regions, plan.k, num_heads)  # B, m, Nk, dv
+    q = _to_sequence(query, n_win, plan.q, num_heads)  # B, m, Nq, d
+    k = _to_sequence(key, n_win, plan.k, num_heads)  # B, m, Nk, d
+    v = _to_sequence(value, n_win, plan.k, num_heads)  # B, m, Nk, dv
     scale = float(scale)
     if weight is None:
         out, _ = _run(compiled, q, k, v, plan.block_mask, None, scale, False)
@@ -412,4 +412,4 @@ def routed_attention(
         out = out * torch.exp(log_ratio).unsqueeze(-1).to(out.dtype)
     out = out.transpose(1, 2).reshape(b, plan.q.padded_regions, plan.q.padded, -1)
     out = out[:, :r, : plan.q.tokens]  # B, R, Lq, Cv
-    return from_regions(out, regions, (hq, wq))
+    return from_regions(out, n_win, (hq, wq))

@@ -11,7 +11,7 @@ from ..regions import to_regions
 def key_bias(
     size: tuple[int, int],
     valid: tuple[int, int],
-    regions: tuple[int, int],
+    n_win: tuple[int, int],
     dtype: torch.dtype,
     device: torch.device,
 ) -> Tensor:
@@ -21,6 +21,6 @@ def key_bias(
     rows = torch.arange(h, device=device)[:, None] < vh
     cols = torch.arange(w, device=device)[None, :] < vw
     ok = (rows & cols)[None, :, :, None]  # 1, H, W, 1
-    mask = to_regions(ok, regions)[0, :, :, 0]  # R, Lk
+    mask = to_regions(ok, n_win)[0, :, :, 0]  # R, L
     bias = torch.zeros(mask.shape, dtype=dtype, device=device)
     return bias.masked_fill(~mask, float("-inf"))

@@ -38,7 +38,7 @@ def routed_attention_with_weights(
     index: Tensor,
     weight: Tensor | None,
     *,
-    regions: tuple[int, int],
+    n_win: tuple[int, int],
     num_heads: int,
     scale: float,
     key_valid: tuple[int, int] | None = None,
@@ -52,12 +52,12 @@ def routed_attention_with_weights(
         over the routed regions in ``index`` order.
     """
     b, hq, wq, _ = query.shape
-    r = regions[0] * regions[1]
+    r = n_win[0] * n_win[1]
     topk = index.shape[-1]
     m = num_heads
-    q = to_regions(query, regions)  # B, R, Lq, Cqk
-    k = to_regions(key, regions)  # B, R, Lk, Cqk
-    v = to_regions(value, regions)  # B, R, Lk, Cv
+    q = to_regions(query, n_win)  # B, R, Lq, Cqk
+    k = to_regions(key, n_win)  # B, R, Lk, Cqk
+    v = to_regions(value, n_win)  # B, R, Lk, Cv
     lq, lk = q.shape[2], k.shape[2]
     index = index.long()
     k_sel = _gather_regions(k, index)  # B, R, topk, Lk, Cqk
@@ -72,13 +72,13 @@ def routed_attention_with_weights(
     q = q.reshape(b * r, lq, m, -1).transpose(1, 2)  # BR, m, Lq, d
     logits = (q * scale) @ k_sel  # BR, m, Lq, topk*Lk
     if key_valid is not None:
-        bias = key_bias(key.shape[1:3], key_valid, regions, logits.dtype, logits.device)  # R, Lk
+        bias = key_bias(key.shape[1:3], key_valid, n_win, logits.dtype, logits.device)  # R, L
         bias = bias[index.reshape(-1)].reshape(b * r, 1, 1, topk * lk)
         logits = logits + bias
     attn = torch.softmax(logits, dim=-1)
     out = attn @ v_sel  # BR, m, Lq, dv
     out = out.transpose(1, 2).reshape(b, r, lq, -1)
-    return from_regions(out, regions, (hq, wq)), attn
+    return from_regions(out, n_win, (hq, wq)), attn
 
 
 def routed_attention(
@@ -88,7 +88,7 @@ def routed_attention(
     index: Tensor,
     weight: Tensor | None,
     *,
-    regions: tuple[int, int],
+    n_win: tuple[int, int],
     num_heads: int,
     scale: float,
     key_valid: tuple[int, int] | None = None,
@@ -100,7 +100,7 @@ def routed_attention(
         value,
         index,
         weight,
-        regions=regions,
+        n_win=n_win,
         num_heads=num_heads,
         scale=scale,
         key_valid=key_valid,
