@@ -17,16 +17,16 @@ from biformer.ops.checks import Problem
 def _problem(**changes) -> Problem:
     """BiFormer-S stage 2 at 224x224, batch 8, CPU training."""
     base = dict(
-        device_type="cpu", dtype=torch.float32, batch=8, regions=(7, 7), q_region=(4, 4),
-        kv_region=(4, 4), topk=4, num_heads=4, qk_head_dim=32, v_head_dim=32,
+        device_type="cpu", dtype=torch.float32, batch=8, n_win=(7, 7), q_region_size=(4, 4),
+        kv_region_size=(4, 4), topk=4, num_heads=4, qk_head_dim=32, v_head_dim=32,
         soft_routing=False, masked_keys=False, needs_grad=True,
     )
     base.update(changes)
     return Problem(**base)
 
 
-TOY = dict(batch=1, regions=(2, 2), q_region=(2, 2), kv_region=(2, 2), topk=2, num_heads=1,
-           qk_head_dim=8, v_head_dim=8)
+TOY = dict(batch=1, n_win=(2, 2), q_region_size=(2, 2), kv_region_size=(2, 2), topk=2,
+           num_heads=1, qk_head_dim=8, v_head_dim=8)
 
 
 @pytest.fixture(autouse=True)
@@ -149,13 +149,13 @@ def test_routed_attention_runs_the_chosen_backend(monkeypatch, expected, changes
     """The operator calls the module the dispatcher names, and its result is the oracle's."""
     p = _problem(**changes)
     g = torch.Generator().manual_seed(0)
-    h, w = p.regions[0] * p.q_region[0], p.regions[1] * p.q_region[1]
+    h, w = p.n_win[0] * p.q_region_size[0], p.n_win[1] * p.q_region_size[1]
     c = p.num_heads * p.qk_head_dim
     q, k, v = (torch.randn(p.batch, h, w, c, generator=g, dtype=torch.float64) for _ in range(3))
     index = torch.stack([
         torch.randperm(p.num_regions, generator=g)[: p.topk] for _ in range(p.batch * p.num_regions)
     ]).view(p.batch, p.num_regions, p.topk)
-    kw = dict(n_win=p.regions, num_heads=p.num_heads, scale=c**-0.5)
+    kw = dict(n_win=p.n_win, num_heads=p.num_heads, scale=c**-0.5)
     want = ops.routed_attention(q, k, v, index, backend="reference", **kw)
     calls = []
     module = dispatch.get_backend(expected)

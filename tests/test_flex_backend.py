@@ -1,6 +1,8 @@
 """The FlexAttention backend: layouts, block lists, CPU forward (compiled), CUDA fwd/bwd."""
 
 import dataclasses
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -25,9 +27,9 @@ def _routing(b, r, topk, device="cpu"):
     return torch.stack(rows).to(device)
 
 
-def _inputs(b, regions, q_region, kv_region, topk, heads, head_dim, device="cpu",
+def _inputs(b, n_win, q_region_size, kv_region_size, topk, heads, head_dim, device="cpu",
             dtype=torch.float32):
-    (rh, rw), (sh, sw), (kh, kw) = regions, q_region, kv_region
+    (rh, rw), (sh, sw), (kh, kw) = n_win, q_region_size, kv_region_size
     c = heads * head_dim
     q = torch.randn(b, rh * sh, rw * sw, c, device=device, dtype=dtype)
     k = torch.randn(b, rh * kh, rw * kw, c, device=device, dtype=dtype)
@@ -37,8 +39,8 @@ def _inputs(b, regions, q_region, kv_region, topk, heads, head_dim, device="cpu"
 
 def _problem(**changes):
     base = Problem(
-        device_type="cpu", dtype=torch.float32, batch=2, regions=(7, 7), q_region=(8, 8),
-        kv_region=(8, 8), topk=1, num_heads=2, qk_head_dim=32, v_head_dim=32,
+        device_type="cpu", dtype=torch.float32, batch=2, n_win=(7, 7), q_region_size=(8, 8),
+        kv_region_size=(8, 8), topk=1, num_heads=2, qk_head_dim=32, v_head_dim=32,
         soft_routing=False, masked_keys=False, needs_grad=False,
     )
     return dataclasses.replace(base, **changes)
@@ -63,7 +65,7 @@ def test_plan_layout_invariants():
         assert lay.block >= 16 and lay.block & (lay.block - 1) == 0  # power of two >= 16
         assert lay.padded >= tokens
         assert lay.length % lay.block == 0
-        assert lay.padded_regions % lay.group == 0 and lay.padded_regions >= 10
+        assert lay.padded_num_regions % lay.group == 0 and lay.padded_num_regions >= 10
         if lay.group > 1:
             assert lay.group * lay.padded == lay.block
         else:
@@ -81,7 +83,7 @@ def _dense_blocks(num, idx, n_cols):
 
 
 @pytest.mark.parametrize(
-    "regions,q_region,kv_region,topk,key_valid",
+    "n_win,q_region_size,kv_region_size,topk,key_valid",
     [
         ((7, 7), (8, 8), (8, 8), 1, None),  # BiFormer stage 1: whole 64-token blocks
         ((7, 7), (4, 4), (4, 4), 4, None),  # stage 2
@@ -94,14 +96,20 @@ def _dense_blocks(num, idx, n_cols):
         ((2, 2), (2, 3), (2, 3), 2, (3, 5)),
     ],
 )
-def test_block_mask_admits_exactly_the_routed_keys(regions, q_region, kv_region, topk,
+def test_block_mask_admits_exactly_the_routed_keys(n_win, q_region_size, kv_region_size, topk,
                                                    key_valid):
     b = 2
-    r = regions[0] * regions[1]
-    index = _routing(b, r, topk)
-    key_size = (regions[0] * kv_region[0], regions[1] * kv_region[1])
+    index = _routing(b, n_win[0] * n_win[1], topk)
+    check_block_mask(index, n_win, q_region_size, kv_region_size, key_valid)
+
+
+def check_block_mask(index, n_win, q_region_size, kv_region_size, key_valid):
+    """The plan's block lists and mask_mod admit exactly the routed, real keys (brute force on
+    the padded sequences); ids outside [0, R) route nothing."""
+    b, r = index.shape[0], n_win[0] * n_win[1]
+    key_size = (n_win[0] * kv_region_size[0], n_win[1] * kv_region_size[1])
     plan = flex.build_block_mask(
-        index, regions=regions, q_tokens=q_region[0] * q_region[1], key_size=key_size,
+        index, n_win=n_win, q_tokens=q_region_size[0] * q_region_size[1], key_size=key_size,
         key_valid=key_valid, for_backward=True,
     )
     q, k, bm = plan.q, plan.k, plan.block_mask
@@ -120,11 +128,13 @@ def test_block_mask_admits_exactly_the_routed_keys(regions, q_region, kv_region,
     allowed = expand(full) | (expand(partial) & mod)  # B, Nq, Nk
 
     # brute force on the padded sequence
-    routed = torch.zeros(b, r, r, dtype=torch.bool).scatter(2, index, True)
+    inside = (index >= 0) & (index < r)
+    routed = torch.zeros(b, r, r + 1, dtype=torch.bool)
+    routed = routed.scatter(2, torch.where(inside, index, r), True)[..., :r]
     qr, kr, kpos = qi // q.padded, ki // k.padded, ki % k.padded
     vh, vw = key_valid or key_size
-    ky = (kr // regions[1]) * kv_region[0] + kpos // kv_region[1]
-    kx = (kr % regions[1]) * kv_region[1] + kpos % kv_region[1]
+    ky = (kr // n_win[1]) * kv_region_size[0] + kpos // kv_region_size[1]
+    kx = (kr % n_win[1]) * kv_region_size[1] + kpos % kv_region_size[1]
     key_real = (kpos < k.tokens) & (kr < r) & (ky < vh) & (kx < vw)
     want = routed[bi, qr.clamp(max=r - 1), kr.clamp(max=r - 1)] & key_real
     real_rows = ((qi % q.padded) < q.tokens) & (qi // q.padded < r)
@@ -136,7 +146,7 @@ def test_block_mask_admits_exactly_the_routed_keys(regions, q_region, kv_region,
 
 def test_block_mask_skips_the_transposed_lists_for_inference():
     index = _routing(1, 4, 2)
-    plan = flex.build_block_mask(index, regions=(2, 2), q_tokens=16, key_size=(8, 8))
+    plan = flex.build_block_mask(index, n_win=(2, 2), q_tokens=16, key_size=(8, 8))
     assert plan.block_mask.q_num_blocks is None
     assert plan.block_mask.mask_mod is noop_mask  # whole, unpadded regions: nothing to mask
     assert int(plan.block_mask.full_kv_num_blocks[0, 0, 0]) == 2
@@ -176,23 +186,23 @@ def test_forcing_flex_for_cpu_training_names_the_reason():
 
 @needs_cpu_flex
 @pytest.mark.parametrize(
-    "b,regions,q_region,kv_region,topk,heads,head_dim,key_valid",
+    "b,n_win,q_region_size,kv_region_size,topk,heads,head_dim,key_valid",
     [
         (2, (3, 3), (3, 3), (3, 3), 3, 2, 16, None),  # padded 9-token regions
         (2, (7, 7), (2, 2), (1, 2), 16, 2, 16, (7, 13)),  # packed, downsampled, masked keys
     ],
 )
-def test_cpu_forward_matches_reference(b, regions, q_region, kv_region, topk, heads, head_dim,
-                                       key_valid):
-    q, k, v, index = _inputs(b, regions, q_region, kv_region, topk, heads, head_dim)
-    kw = dict(n_win=regions, num_heads=heads, scale=0.3, key_valid=key_valid)
+def test_cpu_forward_matches_reference(b, n_win, q_region_size, kv_region_size, topk, heads,
+                                       head_dim, key_valid):
+    q, k, v, index = _inputs(b, n_win, q_region_size, kv_region_size, topk, heads, head_dim)
+    kw = dict(n_win=n_win, num_heads=heads, scale=0.3, key_valid=key_valid)
     want = ops.routed_attention(q, k, v, index, backend="reference", **kw)
     with torch.no_grad():
         got = ops.routed_attention(q, k, v, index, backend="flex", **kw)
     assert got.shape == want.shape and got.is_contiguous()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     if key_valid is None:
-        dense = dense_routed_attention(q.double(), k.double(), v.double(), index, regions,
+        dense = dense_routed_attention(q.double(), k.double(), v.double(), index, n_win,
                                        heads, 0.3)
         torch.testing.assert_close(got.double(), dense, rtol=1e-5, atol=1e-5)
 
@@ -223,19 +233,82 @@ def test_bra2d_with_padding_on_flex_matches_reference():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def _drop_out_of_range(index, r):
+    """The same routing with ids outside [0, R) replaced by the row's first id: routed once
+    more, which a mask (the oracle's) does not count, i.e. those ids route nothing."""
+    inside = (index >= 0) & (index < r)
+    return torch.where(inside, index, index[..., :1])
+
+
+def _poisoned(b, n_win, topk):
+    index = _routing(b, n_win[0] * n_win[1], topk)
+    index[1, 0, 1] = n_win[0] * n_win[1]
+    index[1, 2, 1] = -1
+    return index
+
+
+def test_ids_out_of_range_route_nothing_on_the_eager_path():
+    n_win, heads = (2, 2), 2
+    q, k, v, _ = _inputs(2, n_win, (3, 2), (3, 2), 2, heads, 8)
+    index = _poisoned(2, n_win, 3)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", UserWarning)  # "flex_attention called without compile"
+        got = flex.routed_attention(q, k, v, index, None, n_win=n_win, num_heads=heads,
+                                    scale=0.3, compiled=False)
+    want = dense_routed_attention(q, k, v, _drop_out_of_range(index, 4), n_win, heads, 0.3)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_cpu_flex
+def test_ids_out_of_range_route_nothing_compiled():
+    """Same shape as the first CPU case above: no new compilation."""
+    n_win, heads = (3, 3), 2
+    q, k, v, _ = _inputs(2, n_win, (3, 3), (3, 3), 3, heads, 16)
+    index = _poisoned(2, n_win, 3)
+    with torch.no_grad():
+        got = ops.routed_attention(q, k, v, index, n_win=n_win, num_heads=heads, scale=0.3,
+                                   backend="flex", validate=False)
+    want = dense_routed_attention(q, k, v, _drop_out_of_range(index, 9), n_win, heads, 0.3)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_repeated_ids_are_refused_with_the_reason():
+    q, k, v, index = _inputs(1, (2, 2), (2, 2), (2, 2), 2, 1, 16)
+    index[0, 1, 1] = index[0, 1, 0]
+    with torch.no_grad(), pytest.raises(ops.BackendUnavailable, match="twice in one row"):
+        ops.routed_attention(q, k, v, index, n_win=(2, 2), num_heads=1, scale=0.25,
+                             backend="flex")
+    assert "flex" not in ops.available_backends(_problem(repeated_index=True))
+
+
+def test_importing_biformer_does_not_import_flex_attention():
+    """FlexAttention (and its import cost) is loaded on first use; can_run does not need it."""
+    code = ("import sys, torch, biformer; from biformer import ops; "
+            "from biformer.ops.backends import flex; "
+            "p = ops.checks.describe_problem(*[torch.ones(1, 2, 2, 16)] * 3, "
+            "torch.zeros(1, 1, 1, dtype=torch.long), None, (1, 1), 1); "
+            "print(flex.can_run(p) == [] or flex.can_run(p), "
+            "'torch.nn.attention.flex_attention' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "False", out.stdout
+
+
 # ---------------------------------------------------------------- soft routing formulation
 
 
 @pytest.mark.parametrize(
-    "regions,q_region,kv_region,topk,key_valid",
-    [((3, 3), (3, 3), (3, 3), 3, None), ((4, 4), (2, 2), (2, 2), 5, (7, 6)),
+    "n_win,q_region_size,kv_region_size,topk,key_valid",
+    [((3, 3), (3, 3), (3, 3), 3, None), ((4, 4), (2, 2), (2, 2), 5, (7, 7)),
      ((2, 2), (4, 4), (2, 4), 2, None), ((3, 3), (2, 2), (2, 2), 4, None)],  # padded regions
 )
-def test_soft_routing_formulation_is_exact(regions, q_region, kv_region, topk, key_valid):
+def test_soft_routing_formulation_is_exact(n_win, q_region_size, kv_region_size, topk,
+                                           key_valid):
     """Two log-sum-exps give the value scaling exactly (checked on the eager, unfused path)."""
-    q, k, v, index = _inputs(2, regions, q_region, kv_region, topk, 2, 8)
-    weight = torch.softmax(torch.randn(2, regions[0] * regions[1], topk), -1)
-    kw = dict(n_win=regions, num_heads=2, scale=0.4, key_valid=key_valid)
+    q, k, v, index = _inputs(2, n_win, q_region_size, kv_region_size, topk, 2, 8)
+    weight = torch.softmax(torch.randn(2, n_win[0] * n_win[1], topk), -1)
+    kw = dict(n_win=n_win, num_heads=2, scale=0.4, key_valid=key_valid)
     want = ops.routed_attention(q, k, v, index, weight=weight, backend="reference", **kw)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", UserWarning)  # "flex_attention called without compile"
@@ -249,7 +322,7 @@ def test_soft_routing_formulation_is_exact(regions, q_region, kv_region, topk, k
 # ---------------------------------------------------------------- CUDA: forward and backward
 
 CUDA_CASES = [
-    # b, regions, q_region, kv_region, topk, heads, head_dim, soft, key_valid
+    # b, n_win, q_region_size, kv_region_size, topk, heads, head_dim, soft, key_valid
     (2, (7, 7), (8, 8), (8, 8), 1, 2, 32, False, None),  # BiFormer-S stage 1
     (2, (7, 7), (4, 4), (4, 4), 4, 4, 32, False, None),  # stage 2
     (2, (7, 7), (2, 2), (2, 2), 16, 8, 32, False, None),  # stage 3 (packed)
@@ -263,12 +336,13 @@ CUDA_CASES = [
 @pytest.mark.parametrize("case", CUDA_CASES)
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.bfloat16, 3e-2)])
 def test_cuda_forward_backward_match_reference(case, dtype, tol):
-    b, regions, q_region, kv_region, topk, heads, head_dim, soft, key_valid = case
-    q, k, v, index = _inputs(b, regions, q_region, kv_region, topk, heads, head_dim, "cuda")
-    weight = torch.softmax(torch.randn(b, regions[0] * regions[1], topk, device="cuda"), -1)
+    b, n_win, q_region_size, kv_region_size, topk, heads, head_dim, soft, key_valid = case
+    q, k, v, index = _inputs(b, n_win, q_region_size, kv_region_size, topk, heads, head_dim,
+                             "cuda")
+    weight = torch.softmax(torch.randn(b, n_win[0] * n_win[1], topk, device="cuda"), -1)
     weight = weight if soft else None
     leaves = [t.requires_grad_(True) for t in (q, k, v, weight) if t is not None]
-    kw = dict(n_win=regions, num_heads=heads, scale=head_dim**-0.5, key_valid=key_valid)
+    kw = dict(n_win=n_win, num_heads=heads, scale=head_dim**-0.5, key_valid=key_valid)
     want = ops.routed_attention(q, k, v, index, weight=weight, backend="reference", **kw)
     low = [t.detach().to(dtype).requires_grad_(True) for t in (q, k, v)]
     w_low = weight.detach().clone().requires_grad_(True) if soft else None

@@ -5,6 +5,7 @@ import torch
 
 from biformer import ops
 from biformer.ops.backends import chunked
+from biformer.ops.checks import check_index_values
 
 from .oracles import dense_routed_attention
 
@@ -158,3 +159,39 @@ def test_regions_keyword_is_a_deprecated_alias_of_n_win():
         ops.routed_attention(q, k, v, index, n_win=2, regions=2, **kw)
     with pytest.raises(TypeError, match="n_win= .* is required"):
         ops.routed_attention(q, k, v, index, **kw)
+
+
+@pytest.mark.parametrize("bad", [4, -1])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ids_out_of_range_never_read_another_image(backend, bad):
+    """An id equal to the region count, or -1, in batch element 1 once made the chunked backend
+    read element 0's (or 2's) regions. The public op refuses it; called unvalidated, every
+    backend still refuses rather than read outside the image's own regions."""
+    q, k, v, index, _, regions, heads = _inputs((2, (2, 2), (2, 2), (2, 2), 2, 2, 8, 8),
+                                                requires_grad=False)
+    index[1, 0, 0] = bad
+    kw = dict(n_win=regions, num_heads=heads, scale=0.5, backend=backend)
+    with pytest.raises(ValueError, match=rf"index\[1, 0, 0\]={bad} is not a region id"):
+        ops.routed_attention(q, k, v, index, **kw)
+    with pytest.raises((IndexError, RuntimeError), match="out of"):
+        ops.routed_attention(q, k, v, index, validate=False, **kw)
+
+
+def test_global_ids_send_foreign_ids_past_the_end():
+    index = torch.tensor([[[0, 3]], [[4, -1]], [[2, 1]]]).expand(3, 4, 2)
+    gidx = chunked.global_ids(index, 4)
+    assert gidx.shape == (12, 2)
+    assert gidx[:4].tolist() == [[0, 3]] * 4 and gidx[8:].tolist() == [[10, 9]] * 4
+    assert (gidx[4:8] == 12).all()  # B * R: no image has it
+
+
+@pytest.mark.parametrize("num_regions,topk", [(49, 16), (49, 2), (4096, 4)])  # counts, sort, sort
+def test_repeated_ids_are_detected(num_regions, topk):
+    g = torch.Generator().manual_seed(num_regions)
+    rows = [torch.randperm(num_regions, generator=g)[:topk] for _ in range(3 * num_regions)]
+    index = torch.stack(rows).view(3, num_regions, topk)
+    assert check_index_values(index, num_regions) is False
+    assert check_index_values(index.int(), num_regions) is False
+    index[2, num_regions - 1, topk - 1] = index[2, num_regions - 1, 0]
+    assert check_index_values(index, num_regions) is True
+    assert check_index_values(index[:, :, :1], num_regions) is False  # one id: nothing repeats

@@ -32,11 +32,11 @@ Size = tuple[int, int]
 def reference_need(size: Size, channels: int, heads: int, n_win: int, topk: int) -> int:
     """Bytes the gather-based reference needs for one fp32 BRA2d call on ``1 x C x H x W``:
     gathered keys/values plus the attention matrix, forward only (``Problem.gathered_bytes``)."""
-    region, regions = region_layout(size, n_win)
+    region_size, grid = region_layout(size, n_win)
     d = channels // heads
     problem = Problem(
-        device_type="cpu", dtype=torch.float32, batch=1, regions=regions, q_region=region,
-        kv_region=region, topk=min(topk, regions[0] * regions[1]), num_heads=heads,
+        device_type="cpu", dtype=torch.float32, batch=1, n_win=grid, q_region_size=region_size,
+        kv_region_size=region_size, topk=min(topk, grid[0] * grid[1]), num_heads=heads,
         qk_head_dim=d, v_head_dim=d, soft_routing=False, masked_keys=False, needs_grad=True,
     )
     return problem.gathered_bytes()

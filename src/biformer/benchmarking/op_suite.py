@@ -75,11 +75,12 @@ def method_names(settings: BenchSettings) -> list[str]:
 def _problem(shape: OpShape, batch: int, settings: BenchSettings, train: bool) -> Problem:
     h, w = shape.size
     d = shape.dim // shape.heads
+    region = (h // shape.n_win, w // shape.n_win)
     return Problem(
         device_type=settings.device, dtype=settings.torch_dtype, batch=batch,
-        regions=(shape.n_win, shape.n_win), q_region=(h // shape.n_win, w // shape.n_win),
-        kv_region=(h // shape.n_win, w // shape.n_win), topk=shape.topk, num_heads=shape.heads,
-        qk_head_dim=d, v_head_dim=d, soft_routing=False, masked_keys=False, needs_grad=train,
+        n_win=(shape.n_win, shape.n_win), q_region_size=region, kv_region_size=region,
+        topk=shape.topk, num_heads=shape.heads, qk_head_dim=d, v_head_dim=d,
+        soft_routing=False, masked_keys=False, needs_grad=train,
     )
 
 

@@ -56,7 +56,8 @@ class TopkRouter(nn.Module):
         """``[B, R, C]`` region queries/keys -> ``(weights, index)``, both ``[B, R, topk]``."""
         if not self.diff_routing:
             query, key = query.detach(), key.detach()
-        return topk_routing(self.emb(query), self.emb(key), topk=self.topk, scale=self.scale)
+        return topk_routing(self.emb(query), self.emb(key), topk=self.topk, scale=self.scale,
+                            validate=False)
 
 
 class BiLevelRoutingAttention(nn.Module):
@@ -115,7 +116,7 @@ class BiLevelRoutingAttention(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        self.qk_dim = qk_dim or dim
+        self.qk_dim = dim if qk_dim is None else qk_dim
         check_bra_options(dim, num_heads, n_win, topk, side_dwconv)
         check_heads(self.qk_dim, num_heads, "qk_dim")
         if param_routing and not diff_routing:
@@ -182,8 +183,8 @@ class BiLevelRoutingAttention(nn.Module):
         n_win = (win, win)
 
         q, k, v = self.qkv(x)  # B, H, W, C each (views of one projection)
-        q_regions = region_mean(q, n_win)  # B, R, qk_dim
-        k_regions = region_mean(k, n_win)
+        q_regions = region_mean(q, n_win, validate=False)  # B, R, qk_dim
+        k_regions = region_mean(k, n_win, validate=False)
         weights, index = self.router(q_regions, k_regions)
         weights, index, _ = self.routing_tap(weights, index, n_win)
 

@@ -120,10 +120,11 @@ class BRA2d(nn.Module):
         q, k, v_pad = qkv.permute(0, 2, 3, 1).split(self.dim, dim=-1)  # NHWC views
 
         valid = (h, w)
-        q_regions = region_mean(q.detach(), n_win, valid=valid)  # B, R, C
-        k_regions = region_mean(k.detach(), n_win, valid=valid)
+        q_regions = region_mean(q.detach(), n_win, valid=valid, validate=False)  # B, R, C
+        k_regions = region_mean(k.detach(), n_win, valid=valid, validate=False)
         topk = min(self.topk, n_win[0] * n_win[1])
-        weights, index = topk_routing(q_regions, k_regions, topk=topk, scale=None)
+        weights, index = topk_routing(q_regions, k_regions, topk=topk, scale=None,
+                                      validate=False)
         weights, index, _ = self.routing_tap(weights, index, n_win)
 
         key_valid = valid if self.mask_padded_keys and (hp, wp) != (h, w) else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..ops.arguments import check_int
 from ..ops.dispatch import AUTO, BACKENDS
 
 __all__ = [
@@ -14,15 +15,6 @@ __all__ = [
     "check_int",
     "check_side_dwconv",
 ]
-
-
-def check_int(value: object, name: str, *, minimum: int = 1) -> int:
-    """``value`` if it is an int (not a bool) of at least ``minimum``; TypeError/ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def check_heads(dim: int, num_heads: int, name: str = "dim") -> None:

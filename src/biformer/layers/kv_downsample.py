@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..ops.arguments import check_int
+
 __all__ = ["KV_DOWNSAMPLE_MODES", "make_kv_downsample", "downsample_regions"]
 
 KV_DOWNSAMPLE_MODES = ("identity", "avgpool", "maxpool", "ada_avgpool", "ada_maxpool")
@@ -27,12 +29,16 @@ def make_kv_downsample(
             f"kv_downsample_mode={mode!r} is unknown; choose one of {KV_DOWNSAMPLE_MODES}"
         )
     if mode.startswith("ada_"):
+        if kv_per_win is not None:
+            check_int(kv_per_win, "kv_per_win", minimum=0)
         if kv_per_win is None or kv_per_win < 1:
             raise ValueError(f"kv_downsample_mode={mode!r} needs kv_per_win >= 1, got {kv_per_win}")
         return nn.AdaptiveAvgPool2d(kv_per_win) if mode == "ada_avgpool" else nn.AdaptiveMaxPool2d(
             kv_per_win
         )
     if mode in ("avgpool", "maxpool"):
+        if kv_downsample_ratio is not None:
+            check_int(kv_downsample_ratio, "kv_downsample_ratio", minimum=0)
         if kv_downsample_ratio is None or kv_downsample_ratio < 1:
             raise ValueError(
                 f"kv_downsample_mode={mode!r} needs kv_downsample_ratio >= 1, "

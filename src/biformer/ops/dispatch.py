@@ -37,6 +37,7 @@ from types import ModuleType
 
 import torch
 
+from .arguments import env_mib
 from .checks import Problem
 
 __all__ = [
@@ -150,18 +151,7 @@ def use_backend(name: str) -> Iterator[None]:
 
 
 def _gather_limit() -> int:
-    env = os.environ.get("BIFORMER_GATHER_LIMIT_MB")
-    if not env:
-        return DEFAULT_GATHER_LIMIT_BYTES
-    try:
-        value = float(env)
-    except ValueError:
-        value = float("nan")
-    if not (value >= 0 and value != float("inf")):
-        raise ValueError(
-            f"BIFORMER_GATHER_LIMIT_MB must be a finite number of MiB >= 0, got {env!r}"
-        )
-    return int(value * 2**20)
+    return env_mib("BIFORMER_GATHER_LIMIT_MB", DEFAULT_GATHER_LIMIT_BYTES, allow_zero=True)
 
 
 def _where(requested: str | None) -> str:

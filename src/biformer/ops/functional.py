@@ -17,9 +17,10 @@ import warnings
 
 from torch import Tensor
 
+from .arguments import check_n_win, check_scale, check_topk
 from .checks import check_maps, check_routed_attention_args, describe_problem
-from .dispatch import choose_backend, get_backend
-from .regions import as_pair, region_mean
+from .dispatch import choose_backend, exporting, get_backend
+from .regions import region_mean
 from .routing import topk_routing
 
 __all__ = ["routed_attention", "routed_attention_with_weights", "bi_level_routing_attention"]
@@ -35,7 +36,18 @@ def _n_win(n_win, regions) -> tuple[int, int]:
         n_win = regions
     if n_win is None:
         raise TypeError("n_win= (regions per side, an int or (Rh, Rw)) is required")
-    return as_pair(n_win, "n_win")
+    return check_n_win(n_win)
+
+
+def _problem(query, key, value, index, weight, n_win, num_heads, scale, key_valid, validate):
+    """The call's ``Problem``, after the checks when ``validate``."""
+    if validate:
+        return check_routed_attention_args(
+            query, key, value, index, weight, n_win, num_heads, scale=scale,
+            key_valid=key_valid, check_values=not exporting(),
+        )
+    return describe_problem(query, key, value, index, weight, n_win, num_heads,
+                            masked_keys=key_valid is not None)
 
 
 def routed_attention(
@@ -72,25 +84,23 @@ def routed_attention(
         backend: ``None``/``"auto"`` (follow ``use_backend``, the default, then the automatic
             choice), ``"reference"``, ``"chunked"``, ``"flex"`` or ``"triton"`` (see
             ``biformer.ops.dispatch`` for the rule).
-        validate: check every argument (the default). ``False`` skips the checks, for callers
-            that validated the shapes and built ``index`` with ``topk_routing`` themselves (the
-            BRA layers); wrong arguments then give undefined results.
+        validate: check every argument (the default), the routing ids included: they must lie
+            in ``[0, R)`` (one small reduction and host sync per call, see docs/bra.md; skipped
+            while tracing for export). ``False`` skips the checks, for callers that validated
+            the shapes and built ``index`` with ``topk_routing`` themselves (the BRA layers);
+            wrong arguments then give undefined results, though no backend reads outside the
+            tensors it is given (an out-of-range id raises or reads nothing).
         regions: deprecated former name of ``n_win``.
 
     Returns:
         ``[B, Hq, Wq, Cv]`` NHWC output, contiguous.
     """
     rh_rw = _n_win(n_win, regions)
-    masked = key_valid is not None
-    if validate:
-        problem = check_routed_attention_args(query, key, value, index, weight, rh_rw, num_heads)
-        if masked:
-            problem = describe_problem(query, key, value, index, weight, rh_rw, num_heads, True)
-    else:
-        problem = describe_problem(query, key, value, index, weight, rh_rw, num_heads, masked)
-    if query.shape[0] == 0:
-        return value.new_empty(0, query.shape[1], query.shape[2], value.shape[-1])
+    problem = _problem(query, key, value, index, weight, rh_rw, num_heads, scale, key_valid,
+                       validate)
     impl = get_backend(choose_backend(problem, backend))
+    if query.shape[0] == 0:  # an empty batch gives an empty result, whichever the backend
+        return value.new_empty(0, query.shape[1], query.shape[2], value.shape[-1])
     return impl.routed_attention(
         query, key, value, index, weight, n_win=rh_rw, num_heads=num_heads, scale=scale,
         key_valid=key_valid,
@@ -121,8 +131,7 @@ def routed_attention_with_weights(
     from .backends import reference
 
     rh_rw = _n_win(n_win, regions)
-    if validate:
-        check_routed_attention_args(query, key, value, index, weight, rh_rw, num_heads)
+    _problem(query, key, value, index, weight, rh_rw, num_heads, scale, key_valid, validate)
     return reference.routed_attention_with_weights(
         query, key, value, index, weight, n_win=rh_rw, num_heads=num_heads, scale=scale,
         key_valid=key_valid,
@@ -156,13 +165,15 @@ def bi_level_routing_attention(
     Returns:
         ``(out [B, H, W, Cv], weights [B, R, topk], index [B, R, topk])``.
     """
-    rh_rw = as_pair(n_win, "n_win")
+    rh_rw = check_n_win(n_win)
     check_maps(query, key, value, rh_rw, num_heads)
-    q_regions = region_mean(query, rh_rw)
-    k_regions = region_mean(key, rh_rw)
+    check_topk(topk, rh_rw[0] * rh_rw[1])
+    check_scale(scale)
+    q_regions = region_mean(query, rh_rw, validate=False)
+    k_regions = region_mean(key, rh_rw, validate=False)
     if not diff_routing:
         q_regions, k_regions = q_regions.detach(), k_regions.detach()
-    weights, index = topk_routing(q_regions, k_regions, topk=topk, scale=scale)
+    weights, index = topk_routing(q_regions, k_regions, topk=topk, scale=scale, validate=False)
     out = routed_attention(
         query, key, value, index, n_win=rh_rw, num_heads=num_heads, scale=scale,
         weight=weights if soft_routing else None, backend=backend, validate=False,

@@ -13,26 +13,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .arguments import check_n_win, check_valid_size
+from .checks import check_feature_maps
+
 __all__ = [
-    "as_pair",
     "to_regions",
     "from_regions",
     "region_mean",
     "region_counts",
 ]
-
-
-def as_pair(value: int | tuple[int, int] | list[int], name: str = "n_win") -> tuple[int, int]:
-    """Return ``value`` as an ``(h, w)`` pair of positive ints."""
-    if isinstance(value, int):
-        pair = (value, value)
-    else:
-        pair = tuple(int(v) for v in value)
-        if len(pair) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if pair[0] < 1 or pair[1] < 1:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return pair  # type: ignore[return-value]
 
 
 def to_regions(x: Tensor, n_win: tuple[int, int]) -> Tensor:
@@ -67,14 +56,24 @@ def region_counts(
 
 
 def region_mean(
-    x: Tensor, n_win: tuple[int, int], *, valid: tuple[int, int] | None = None
+    x: Tensor,
+    n_win: int | tuple[int, int],
+    *,
+    valid: tuple[int, int] | None = None,
+    validate: bool = True,
 ) -> Tensor:
     """Mean of each region: NHWC ``[B, H, W, C]`` -> ``[B, Rh*Rw, C]``.
 
-    Written as reshape + mean so that it traces to ONNX with dynamic H and W. With ``valid``, the
-    grid is taken as zero padded beyond ``valid = (H_valid, W_valid)`` and each region is averaged
-    over its real tokens only (``avg_pool2d(..., ceil_mode=True, count_include_pad=False)``).
+    ``n_win`` is the number of regions per side (an int or ``(Rh, Rw)``); ``H`` and ``W`` must
+    be multiples of it. Written as reshape + mean so that it traces to ONNX with dynamic H and
+    W. With ``valid``, the grid is taken as zero padded beyond ``valid = (H_valid, W_valid)``
+    and each region is averaged over its real tokens only (``avg_pool2d(..., ceil_mode=True,
+    count_include_pad=False)``); every region must keep at least one real token.
+    ``validate=False`` skips the argument checks (for callers that made them already).
     """
+    n_win = check_n_win(n_win)
+    if validate:
+        valid = _check_region_mean(x, n_win, valid)
     b, h, w, c = x.shape
     rh, rw = n_win
     grid = x.reshape(b, rh, h // rh, rw, w // rw, c)
@@ -82,3 +81,19 @@ def region_mean(
         return grid.mean(dim=(2, 4)).reshape(b, rh * rw, c)
     counts = region_counts((h, w), valid, n_win, device=x.device).to(x.dtype)
     return grid.sum(dim=(2, 4)).reshape(b, rh * rw, c) / counts[None, :, None]
+
+
+def _check_region_mean(x: Tensor, n_win: tuple[int, int], valid: object):
+    """The checks of ``region_mean``; returns ``valid`` as a pair (or None)."""
+    check_feature_maps((("x", x),), 4, "NHWC [batch, height, width, channels]")
+    h, w = x.shape[1], x.shape[2]
+    if h == 0 or w == 0:
+        raise ValueError(f"x has an empty {h}x{w} map: height and width must be >= 1")
+    if h % n_win[0] or w % n_win[1]:
+        raise ValueError(
+            f"x size {(h, w)} is not a multiple of {n_win=}; pad the map (and pass valid=) or "
+            "change n_win"
+        )
+    if valid is None:
+        return None
+    return check_valid_size(valid, "valid", (h, w), (h // n_win[0], w // n_win[1]))

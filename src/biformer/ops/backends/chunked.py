@@ -7,17 +7,18 @@ never materialised). The backward recomputes each tile under autograd (activatio
 checkpointing per tile) and accumulates key/value gradients with ``index_put_(accumulate=True)``.
 Peak memory is the inputs, the outputs and one tile, whatever the batch, the number of regions
 or ``topk``. The tile budget is ``chunk_bytes`` (default 256 MiB, or ``BIFORMER_CHUNK_MB``).
+A routing id outside ``[0, R)`` raises (IndexError) instead of reading another image's
+regions (``global_ids``).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..arguments import check_int, env_mib
 from ..checks import Problem
 from ..regions import from_regions, to_regions
 from .masking import key_bias
@@ -32,14 +33,9 @@ def can_run(problem: Problem) -> list[str]:
 
 
 def default_chunk_bytes() -> int:
-    """Tile budget in bytes: ``BIFORMER_CHUNK_MB`` if set, else 256 MiB."""
-    env = os.environ.get("BIFORMER_CHUNK_MB")
-    if env:
-        try:
-            return max(1, int(float(env) * 2**20))
-        except ValueError as err:
-            raise ValueError(f"BIFORMER_CHUNK_MB must be a number of MiB, got {env!r}") from err
-    return DEFAULT_CHUNK_BYTES
+    """Tile budget in bytes: ``BIFORMER_CHUNK_MB`` (a finite number of MiB > 0) if set, else
+    256 MiB; ``inf``, ``nan``, zero, negative or non-numbers raise a ValueError."""
+    return env_mib("BIFORMER_CHUNK_MB", DEFAULT_CHUNK_BYTES, allow_zero=False)
 
 
 def plan_tiles(
@@ -172,6 +168,19 @@ def _bias(bias, ids, num_regions, g, keys):
     return bias[ids % num_regions].view(g, 1, 1, keys)
 
 
+def global_ids(index: Tensor, num_regions: int) -> Tensor:
+    """Routing ids ``[B, R, topk]`` -> ids into the flattened ``[B * R]`` regions, ``[B*R, topk]``.
+
+    An id outside ``[0, R)`` would name another image's region; it becomes ``B * R``, past the
+    end, so the gather refuses it (IndexError) instead of reading another batch element.
+    """
+    b = index.shape[0]
+    index = index.long()
+    offsets = torch.arange(b, device=index.device).view(b, 1, 1) * num_regions
+    inside = (index >= 0) & (index < num_regions)
+    return torch.where(inside, index + offsets, b * num_regions).reshape(b * num_regions, -1)
+
+
 def routed_attention(
     query: Tensor,
     key: Tensor,
@@ -191,12 +200,11 @@ def routed_attention(
     q = to_regions(query, n_win).reshape(b * r, -1, query.shape[-1])
     k = to_regions(key, n_win).reshape(b * r, -1, key.shape[-1])
     v = to_regions(value, n_win).reshape(b * r, -1, value.shape[-1])
-    offsets = torch.arange(b, device=index.device).view(b, 1, 1) * r
-    gidx = (index.long() + offsets).reshape(b * r, -1)
+    gidx = global_ids(index, r)
     bias = None
     if key_valid is not None:
         bias = key_bias(key.shape[1:3], key_valid, n_win, query.dtype, query.device)
-    budget = chunk_bytes or default_chunk_bytes()
+    budget = default_chunk_bytes() if chunk_bytes is None else check_int(chunk_bytes, "chunk_bytes")
     if weight is not None:
         weight = weight.reshape(b * r, -1)
     out = _ChunkedAttention.apply(q, k, v, gidx, weight, bias, float(scale), num_heads, r, budget)

@@ -59,6 +59,7 @@ def routed_attention_with_weights(
     k = to_regions(key, n_win)  # B, R, Lk, Cqk
     v = to_regions(value, n_win)  # B, R, Lk, Cv
     lq, lk = q.shape[2], k.shape[2]
+    dqk, dv = query.shape[-1] // m, value.shape[-1] // m  # explicit: an empty batch has no -1
     index = index.long()
     k_sel = _gather_regions(k, index)  # B, R, topk, Lk, Cqk
     v_sel = _gather_regions(v, index)  # B, R, topk, Lk, Cv
@@ -67,9 +68,9 @@ def routed_attention_with_weights(
         k_sel = w * k_sel
         v_sel = w * v_sel
     # heads: channels are (head, head_dim)
-    k_sel = k_sel.reshape(b * r, topk * lk, m, -1).permute(0, 2, 3, 1)  # BR, m, d, topk*Lk
-    v_sel = v_sel.reshape(b * r, topk * lk, m, -1).transpose(1, 2)  # BR, m, topk*Lk, d
-    q = q.reshape(b * r, lq, m, -1).transpose(1, 2)  # BR, m, Lq, d
+    k_sel = k_sel.reshape(b * r, topk * lk, m, dqk).permute(0, 2, 3, 1)  # BR, m, d, topk*Lk
+    v_sel = v_sel.reshape(b * r, topk * lk, m, dv).transpose(1, 2)  # BR, m, topk*Lk, dv
+    q = q.reshape(b * r, lq, m, dqk).transpose(1, 2)  # BR, m, Lq, d
     logits = (q * scale) @ k_sel  # BR, m, Lq, topk*Lk
     if key_valid is not None:
         bias = key_bias(key.shape[1:3], key_valid, n_win, logits.dtype, logits.device)  # R, L
@@ -77,7 +78,7 @@ def routed_attention_with_weights(
         logits = logits + bias
     attn = torch.softmax(logits, dim=-1)
     out = attn @ v_sel  # BR, m, Lq, dv
-    out = out.transpose(1, 2).reshape(b, r, lq, -1)
+    out = out.transpose(1, 2).reshape(b, r, lq, m * dv)
     return from_regions(out, n_win, (hq, wq)), attn
 
 
