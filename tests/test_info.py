@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from biformer.cli import main as cli_main
-from biformer.models import MODEL_NAMES
-from biformer.models.info import PAPER, count_cost
+from biformer.models import MODEL_NAMES, MODEL_SPECS
+from biformer.models.info import count_cost
 
 # exact parameter counts of the reference implementation (T/S/B) and its GMACs at 224x224
 REFERENCE = {
@@ -22,7 +22,8 @@ REFERENCE = {
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_counted_params_and_macs_match_the_paper(name):
     cost = count_cost(name)
-    paper_params, paper_gmacs = PAPER[name]
+    paper_params, paper_gmacs = MODEL_SPECS[name].params_m, MODEL_SPECS[name].gmacs
+    assert (cost.paper_params_m, cost.paper_gmacs) == (paper_params, paper_gmacs)
     assert abs(cost.params_m - paper_params) <= 0.05
     assert abs(cost.gmacs - paper_gmacs) <= 0.05
     if name in REFERENCE:
@@ -45,12 +46,13 @@ def test_info_command_table_and_json(capsys, monkeypatch):
     lines = [line.split() for line in table.splitlines()]
     rows = {cells[0]: cells[1:] for cells in lines if cells and cells[0].startswith("biformer")}
     assert set(rows) == {"biformer_tiny", "biformer_stl"}
-    assert rows["biformer_tiny"] == ["13.143", "2.216", "13.1", "2.2"]
-    assert rows["biformer_stl"][2:] == ["28.4", "4.6"]
+    assert rows["biformer_tiny"] == ["13.143", "2.216", "13.1", "2.2", "81.4"]
+    assert rows["biformer_stl"][2:] == ["28.4", "4.6", "82.7"]
 
     assert cli_main(["info", "--json", "--models", "biformer_stl_nchw"]) == 0
     (entry,) = json.loads(capsys.readouterr().out)
     assert entry["model"] == "biformer_stl_nchw" and entry["img_size"] == 224
+    assert entry["paper_top1"] == MODEL_SPECS["biformer_stl_nchw"].top1
     assert abs(entry["gmacs"] - entry["paper_gmacs"]) <= 0.05
 
 
@@ -58,5 +60,14 @@ def test_info_command_errors(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     assert cli_main(["info", "--models", "resnet50"]) == 2
     assert "unknown model" in capsys.readouterr().err
-    assert cli_main(["info", "--models", "biformer_tiny", "--img-size", "100"]) == 2
-    assert "auto_pad" in capsys.readouterr().err
+    assert cli_main(["info", "--models", "biformer_tiny", "--img-size", "16"]) == 2
+    assert "at least 32" in capsys.readouterr().err
+
+
+def test_info_counts_sizes_that_need_padding(capsys, monkeypatch):
+    """100x100 gives 25x25 stage maps: padded to whole 7x7 regions, counted, no error."""
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    assert cli_main(["info", "--json", "--models", "biformer_tiny", "--img-size", "100"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["img_size"] == 100 and round(entry["params_m"], 3) == 13.143
+    assert 0.3 < entry["gmacs"] < count_cost("biformer_tiny").gmacs

@@ -100,8 +100,8 @@ def test_forward_intermediates_and_pruning():
     assert kept == [0, 1] and len(model.stages) == 2 and model.num_features == 64
     with torch.no_grad():
         assert model(x).shape == (1, 64, 14, 14)  # no norm, no head, no pooling left
-    with pytest.raises(ValueError, match="output_fmt"):
-        model.forward_intermediates(x, output_fmt="NHWC")
+    with pytest.raises(AssertionError, match="output_fmt"):
+        model.forward_intermediates(x, output_fmt="NLC")
 
 
 def official_forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -144,13 +144,13 @@ def test_grad_checkpointing_same_output_and_gradients(monkeypatch):
 
     out_ref, grads_ref = run()
     calls = []
-    original = biformer.models.base.checkpoint
+    original = biformer.models.stages.checkpoint
 
     def counting(fn, *args, **kwargs):
         calls.append(kwargs.get("use_reentrant"))
         return original(fn, *args, **kwargs)
 
-    monkeypatch.setattr(biformer.models.base, "checkpoint", counting)
+    monkeypatch.setattr(biformer.models.stages, "checkpoint", counting)
     model.set_grad_checkpointing(True)
     out_ckpt, grads_ckpt = run()
     assert calls == [False] * sum(MINI["depths"])
@@ -176,8 +176,8 @@ def test_reset_classifier_and_pooling():
         torch.testing.assert_close(unpooled.mean((2, 3)), pooled)
         model.reset_classifier(4, "")  # a classifier at every position
         assert model(x).shape == (2, 4, 3, 3)
-    with pytest.raises(ValueError, match="global_pool"):
-        model.reset_classifier(4, "max")
+    with pytest.raises(AssertionError, match="global_pool"):
+        model.reset_classifier(4, "token")
     with pytest.raises(ValueError, match="num_classes"):
         model.reset_classifier(-1)
 
@@ -216,8 +216,8 @@ def test_registered_with_timm_and_pretrained_tags():
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_odd_sizes_with_auto_pad(name):
-    model = timm.create_model(name, auto_pad=True, num_classes=4, **MINI).eval()
+def test_odd_sizes_run_by_default(name):
+    model = timm.create_model(name, num_classes=4, **MINI).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 97, 75))
         feats = model.forward_intermediates(torch.randn(1, 3, 97, 75), intermediates_only=True)
@@ -226,7 +226,7 @@ def test_odd_sizes_with_auto_pad(name):
 
 
 def test_large_odd_input_tiny():
-    model = timm.create_model("biformer_tiny", auto_pad=True).eval()
+    model = timm.create_model("biformer_tiny").eval()
     with torch.no_grad():
         maps = model.forward_intermediates(torch.randn(1, 3, 600, 500), intermediates_only=True)
     assert [tuple(m.shape[-2:]) for m in maps] == [(150, 125), (75, 63), (38, 32), (19, 16)]
@@ -274,8 +274,12 @@ def test_bad_options_raise_clear_errors():
         timm.create_model("biformer_stl", topks=(1, 4, 0, -2), **MINI)
     with pytest.raises(ValueError, match="topk=16 must be between 1"):
         timm.create_model("biformer_tiny", n_win=2, **MINI)
-    with pytest.raises(ValueError, match="global_pool"):
-        timm.create_model("biformer_tiny", global_pool="max", **MINI)
-    model = timm.create_model("biformer_tiny", **MINI)
+    with pytest.raises(AssertionError, match="global_pool"):
+        timm.create_model("biformer_tiny", global_pool="token", **MINI)
+    with pytest.raises(ValueError, match="topk='global'"):
+        timm.create_model("biformer_stl_nchw", topks=(1, 4, 16, "global"), **MINI)
+    with pytest.raises(ValueError, match="topks must be an int or a sequence of 4"):
+        timm.create_model("biformer_tiny", topks=(1, 4, 16, "lepe"), **MINI)
+    model = timm.create_model("biformer_tiny", auto_pad=False, **MINI)
     with pytest.raises(ValueError, match="auto_pad=True"):
         model(torch.randn(1, 3, 100, 100))

@@ -51,10 +51,13 @@ def test_unet_any_input_size_with_n_win_override():
     assert y.shape == (1, CLASSES, 203, 171)
 
 
-def test_without_auto_pad_the_error_says_how_to_fix():
-    model = smp.FPN(classes=CLASSES, **ENCODER).eval()
+def test_default_encoder_runs_any_size_strict_mode_says_how_to_fix():
+    model = smp.FPN(classes=CLASSES, **ENCODER).eval()  # default: pads where needed
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 256, 256)).shape == (1, CLASSES, 256, 256)
+    strict = smp.FPN(classes=CLASSES, auto_pad=False, **ENCODER).eval()
     with pytest.raises(ValueError, match="auto_pad=True"):
-        model(torch.randn(1, 3, 256, 256))
+        strict(torch.randn(1, 3, 256, 256))
 
 
 @pytest.mark.parametrize("arch", ["Unet", "UPerNet"])

@@ -17,22 +17,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 
-from .base import (
-    BiFormerBase,
-    BiFormerStage,
-    checkpoint_filter_fn,
-    drop_path_rates,
-    make_drop_path,
-    nhwc_attention,
-    register_layout,
-    stage_strides,
-    stage_tuple,
-)
-from .biformer import _cfg
-from .pretrained import pretrained_kwargs
+from .base import BiFormerBase
+from .blocks import ResidualBlock
+from .factory import build_biformer, default_cfg, onedrive_url
+from .specs import model_spec
 
 __all__ = ["BiFormerSTL", "BiFormerSTLBlock", "patch_merging"]
 
@@ -44,128 +35,61 @@ class _SameSizeConv2x2(nn.Conv2d):
         return super().forward(F.pad(x, (0, 1, 0, 1)))
 
 
-def patch_merging(in_dim: int, out_dim: int, stride: int) -> nn.Sequential:
+def patch_merging(in_dim: int, out_dim: int, stride: int, **dd: Any) -> nn.Sequential:
     """BatchNorm then a 2x2 conv (NCHW): stride 2 halves the map; stride 1 (``output_stride``
     < 32) keeps its size. Parameter names ``0.*`` (norm) and ``1.*`` (conv) either way."""
     conv_cls = nn.Conv2d if stride == 2 else _SameSizeConv2x2
-    return nn.Sequential(nn.BatchNorm2d(in_dim), conv_cls(in_dim, out_dim, kernel_size=2,
-                                                          stride=stride))
+    return nn.Sequential(nn.BatchNorm2d(in_dim, **dd),
+                         conv_cls(in_dim, out_dim, kernel_size=2, stride=stride, **dd))
 
 
-class BiFormerSTLBlock(nn.Module):
-    """``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``; ``[B, H, W, dim]`` in and out."""
+class BiFormerSTLBlock(ResidualBlock):
+    """``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``; ``[B, H, W, dim]`` in and out.
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        topk: int,
-        n_win: int,
-        mlp_ratio: float = 4.0,
-        head_dim: int = 32,
-        side_dwconv: int = 5,
-        drop_path: float = 0.0,
-        auto_pad: bool = False,
-    ):
-        super().__init__()
-        hidden = int(mlp_ratio * dim)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = nhwc_attention(dim, topk=topk, n_win=n_win, head_dim=head_dim,
-                                   side_dwconv=side_dwconv, auto_pad=auto_pad)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        self.drop_path = make_drop_path(drop_path)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))  # B, H, W, C
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x
+    Arguments as ``biformer.models.blocks.ResidualBlock`` (MLP ratio 4).
+    """
 
 
 class BiFormerSTL(BiFormerBase):
     """BiFormer-STL backbone and classifier (NHWC blocks, legacy BRA).
 
-    Arguments as ``biformer.models.BiFormer`` (``mlp_ratio`` defaults to 4); the stem is a
-    4x4 stride-4 conv with BatchNorm and the merging layers are BatchNorm + 2x2 conv. Subclasses
-    swap the block (``block_cls``) and its layout (``channels_last_blocks``).
+    Arguments of ``BiFormerBase`` (``mlp_ratio`` defaults to 4); the stem is a 4x4 stride-4 conv
+    with BatchNorm and the merging layers are BatchNorm + 2x2 conv. Subclasses swap the block
+    (``block_cls``) and its layout (``channels_last_blocks``).
 
     Shape: ``forward``: ``[B, in_chans, H, W]`` -> ``[B, num_classes]``.
     """
 
-    block_cls: type[nn.Module] = BiFormerSTLBlock
+    block_cls = BiFormerSTLBlock
     channels_last_blocks = True
 
-    def __init__(
-        self,
-        depths: Sequence[int] = (2, 2, 6, 2),
-        dims: Sequence[int] = (96, 192, 384, 768),
-        *,
-        in_chans: int = 3,
-        num_classes: int = 1000,
-        global_pool: str = "avg",
-        mlp_ratio: float = 4.0,
-        head_dim: int = 32,
-        topks: int | Sequence[int] = (1, 4, 16, -2),
-        n_win: int | Sequence[int] = 7,
-        auto_pad: bool = False,
-        side_dwconv: int = 5,
-        output_stride: int = 32,
-        drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
-    ):
-        super().__init__()
-        depths = stage_tuple(depths, "depths")
-        dims = stage_tuple(dims, "dims")
-        topks = stage_tuple(topks, "topks")
-        n_wins = stage_tuple(n_win, "n_win")
-        strides = (1, *stage_strides(output_stride))
-        dpr = drop_path_rates(depths, drop_path_rate)
+    def __init__(self, depths: int | Sequence[int] = (2, 2, 6, 2),
+                 dims: int | Sequence[int] = (96, 192, 384, 768), *, mlp_ratio: float = 4.0,
+                 **kwargs: Any):
+        super().__init__(depths, dims, mlp_ratio=mlp_ratio, **kwargs)
 
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4), nn.BatchNorm2d(dims[0])
-        )
-        stages = []
-        for i in range(4):
-            downsample = nn.Identity() if i == 0 else patch_merging(dims[i - 1], dims[i],
-                                                                    strides[i])
-            blocks = [
-                self.block_cls(dims[i], topk=topks[i], n_win=n_wins[i], mlp_ratio=mlp_ratio,
-                               head_dim=head_dim, side_dwconv=side_dwconv,
-                               drop_path=dpr[i][j], auto_pad=auto_pad)
-                for j in range(depths[i])
-            ]
-            stages.append(BiFormerStage(downsample, blocks,
-                                        channels_last_blocks=self.channels_last_blocks))
-        self.stages = nn.Sequential(*stages)
-        self._init_head(dims, num_classes=num_classes, global_pool=global_pool,
-                        drop_rate=drop_rate, in_chans=in_chans, output_stride=output_stride)
-        self.apply(self._init_weights)
+    def make_stem(self, in_chans: int, dim: int, *, act_layer: Any, device: Any,
+                  dtype: Any) -> nn.Module:
+        del act_layer  # a patch embedding: conv + norm, no activation
+        return nn.Sequential(nn.Conv2d(in_chans, dim, kernel_size=4, stride=4, device=device,
+                                       dtype=dtype),
+                             nn.BatchNorm2d(dim, device=device, dtype=dtype))
 
-
-def _create_biformer_stl(variant: str, pretrained: bool = False, **kwargs: Any) -> BiFormerSTL:
-    return build_model_with_cfg(
-        BiFormerSTL,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),
-        **pretrained_kwargs(variant, pretrained, kwargs),
-    )
+    def make_downsample(self, in_dim: int, out_dim: int, stride: int, *, device: Any,
+                        dtype: Any) -> nn.Module:
+        return patch_merging(in_dim, out_dim, stride, device=device, dtype=dtype)
 
 
 # The latest official code points at this OneDrive share; older revisions (and the README) at
 # https://matix.li/4e9034a91a23, a host that no longer serves the file.
 default_cfgs = generate_default_cfgs({
-    "biformer_stl.in1k": _cfg(
-        url="https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChSf-m7ujkvx9lIQ1/root/content"
-    ),
+    "biformer_stl.in1k": default_cfg(url=onedrive_url("s!AkBbczdRlZvChSf-m7ujkvx9lIQ1")),
 })
-
-_STL = dict(depths=(2, 2, 6, 2), dims=(96, 192, 384, 768))
-register_layout("biformer_stl", "biformer_stl", _STL["depths"], _STL["dims"])
 
 
 @register_model
+@model_spec(params_m=28.4, gmacs=4.6, top1=82.7, drop_path_rate=0.1)
 def biformer_stl(pretrained: bool = False, **kwargs: Any) -> BiFormerSTL:
     """BiFormer-STL (Swin-T layout): 28.4 M parameters, 4.6 GMACs at 224x224, 82.7% top-1."""
-    return _create_biformer_stl("biformer_stl", pretrained, **dict(_STL, **kwargs))
+    model_args = dict(depths=(2, 2, 6, 2), dims=(96, 192, 384, 768))
+    return build_biformer(BiFormerSTL, "biformer_stl", pretrained, **dict(model_args, **kwargs))

@@ -1,5 +1,7 @@
 """``biformer info``: parameters and MACs of every model, counted, next to the paper's table.
 
+The paper's numbers come from ``biformer.models.MODEL_SPECS`` (one entry per registered model).
+
 MACs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2: one multiply-add
 per MAC) over one forward pass of a ``1 x 3 x S x S`` input, with the ``reference`` attention
 backend so that every attention matrix product is visible to the counter. The model is built on
@@ -18,18 +20,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import CommandError
 from ..ops import use_backend
-from . import MODEL_NAMES
+from .specs import MODEL_SPECS
 
-__all__ = ["PAPER", "ModelCost", "add_arguments", "count_cost", "main"]
-
-# The paper's Table (ImageNet-1K, 224x224): parameters (M) and MACs (G).
-PAPER: dict[str, tuple[float, float]] = {
-    "biformer_tiny": (13.1, 2.2),
-    "biformer_small": (25.5, 4.5),
-    "biformer_base": (56.8, 9.8),
-    "biformer_stl": (28.4, 4.6),
-    "biformer_stl_nchw": (28.4, 4.6),
-}
+__all__ = ["ModelCost", "add_arguments", "count_cost", "main"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +35,7 @@ class ModelCost:
     img_size: int
     paper_params_m: float | None
     paper_gmacs: float | None
+    paper_top1: float | None
 
 
 def count_cost(name: str, *, img_size: int = 224) -> ModelCost:
@@ -52,13 +46,15 @@ def count_cost(name: str, *, img_size: int = 224) -> ModelCost:
     params = sum(p.numel() for p in model.parameters())
     with torch.no_grad(), use_backend("reference"), FlopCounterMode(display=False) as counter:
         model(x)
-    paper = PAPER.get(name, (None, None))
+    spec = MODEL_SPECS.get(name)
+    paper = (spec.params_m, spec.gmacs, spec.top1) if spec else (None, None, None)
     return ModelCost(name, params / 1e6, counter.get_total_flops() / 2e9, img_size, *paper)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", metavar="NAME", default=list(MODEL_NAMES),
-                        help=f"models to count (default: all: {', '.join(MODEL_NAMES)})")
+    names = list(MODEL_SPECS)
+    parser.add_argument("--models", nargs="+", metavar="NAME", default=names,
+                        help=f"models to count (default: all: {', '.join(names)})")
     parser.add_argument("--img-size", type=int, default=224,
                         help="square input side for the MAC count (default 224, the paper's)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
@@ -66,22 +62,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _table(rows: list[ModelCost]) -> str:
     header = f"{'model':<20} {'params (M)':>10} {'GMACs':>7} {'paper params (M)':>17} " \
-             f"{'paper GMACs':>12}"
+             f"{'paper GMACs':>12} {'paper top-1':>12}"
     lines = [header, "-" * len(header)]
     for r in rows:
-        paper_p = f"{r.paper_params_m:.1f}" if r.paper_params_m is not None else "-"
-        paper_m = f"{r.paper_gmacs:.1f}" if r.paper_gmacs is not None else "-"
-        lines.append(f"{r.model:<20} {r.params_m:>10.3f} {r.gmacs:>7.3f} {paper_p:>17} "
-                     f"{paper_m:>12}")
+        paper = [f"{v:.1f}" if v is not None else "-"
+                 for v in (r.paper_params_m, r.paper_gmacs, r.paper_top1)]
+        lines.append(f"{r.model:<20} {r.params_m:>10.3f} {r.gmacs:>7.3f} {paper[0]:>17} "
+                     f"{paper[1]:>12} {paper[2]:>12}")
     lines.append(f"MACs at {rows[0].img_size}x{rows[0].img_size}, batch 1, counted by "
                  "torch.utils.flop_counter (FLOPs / 2).")
     return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
-    unknown = [m for m in args.models if m not in MODEL_NAMES]
+    unknown = [m for m in args.models if m not in MODEL_SPECS]
     if unknown:
-        raise CommandError(f"unknown model(s) {unknown}; choose from {list(MODEL_NAMES)}")
+        raise CommandError(f"unknown model(s) {unknown}; choose from {list(MODEL_SPECS)}")
     if args.img_size < 32:
         raise CommandError(f"--img-size must be at least 32, got {args.img_size}")
     try:
