@@ -8,10 +8,10 @@ import timm
 import torch
 
 import biformer  # noqa: F401  (registers the models)
+from biformer.checkpoint import check_model_name
 from biformer.cli import main as cli_main
 from biformer.detection import biformer_fpn_backbone
 from biformer.viz import capture_routing, draw_panel
-from biformer.viz.inputs import check_model_name
 
 
 def _fails(argv: list[str], capsys) -> str:
@@ -95,8 +95,8 @@ def test_plot_writes_curves_from_partial_metrics(tmp_path, capsys):
 def test_api_errors():
     with pytest.raises(ValueError, match="returned_stages"):
         biformer_fpn_backbone("biformer_tiny", returned_stages=(3, 1), depths=(1, 1, 1, 1))
-    with pytest.raises(ValueError, match="trainable_stages must be between 0"):
-        biformer_fpn_backbone("biformer_tiny", trainable_stages=7, depths=(1, 1, 1, 1))
+    with pytest.raises(ValueError, match="trainable_layers must be between 0"):
+        biformer_fpn_backbone("biformer_tiny", trainable_layers=7, depths=(1, 1, 1, 1))
     with pytest.raises(ValueError, match="norm_layer must be one of"):
         biformer_fpn_backbone("biformer_tiny", norm_layer="group_norm")
     with pytest.raises(ValueError, match="did you mean biformer_small"):

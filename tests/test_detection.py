@@ -164,7 +164,7 @@ def test_mask_rcnn_and_fcos_train_step(builder):
 
 
 def test_frozen_stages_keep_weights_and_batchnorm_statistics():
-    backbone = biformer_fpn_backbone("biformer_tiny", n_win=4, trainable_stages=2, **SMALL)
+    backbone = biformer_fpn_backbone("biformer_tiny", n_win=4, trainable_layers=2, **SMALL)
     parts = body_parts(backbone.body)  # stem, stages 0..3
     for part in parts[:3]:
         assert all(not p.requires_grad for p in part.parameters())
@@ -199,14 +199,14 @@ def test_backbone_loads_classifier_checkpoint(tmp_path):
         p.data.normal_()
     path = tmp_path / "clf.pth"
     torch.save({"model": clf.state_dict()}, path)
-    backbone = biformer_fpn_backbone("biformer_tiny", n_win=4, checkpoint_path=path, **SMALL)
+    backbone = biformer_fpn_backbone("biformer_tiny", n_win=4, weights=path, **SMALL)
     ref = clf.state_dict()["stages.2.blocks.1.attn.qkv.qkv.weight"]
     assert torch.equal(backbone.body.stages[2].blocks[1].attn.qkv.qkv.weight, ref)
-    assert backbone.trainable_stages == 3  # with weights: stem and stage 0 frozen by default
+    assert backbone.trainable_layers == 3  # with weights: stem and stage 0 frozen by default
     other = timm.create_model("biformer_tiny", num_classes=10, depths=(1, 1, 1, 1))
     torch.save({"model": other.state_dict()}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="does not fit"):
-        biformer_fpn_backbone("biformer_tiny", n_win=4, checkpoint_path=tmp_path / "other.pth",
+        biformer_fpn_backbone("biformer_tiny", n_win=4, weights=tmp_path / "other.pth",
                               **SMALL)
 
 

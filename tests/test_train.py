@@ -12,10 +12,12 @@ import timm
 import torch
 
 import biformer
+from biformer.checkpoint import atomic_save, select_weights
 from biformer.engine import recipe as recipes
 from biformer.engine import train as train_mod
-from biformer.engine.checkpointing import atomic_save, read_weights
-from biformer.engine.data import SeededSamples, digits_dataset
+from biformer.engine.config import resolve_recipe
+from biformer.engine.digits import digits_dataset
+from biformer.engine.sampling import SeededSamples
 
 from .cli import cli
 
@@ -68,7 +70,7 @@ def test_short_run_learns_and_writes_every_output(demo_run):
 def test_checkpoints_load_weights_only_with_documented_layout(demo_run):
     out, _ = demo_run
     last = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
-    for key in ("model", "ema", "optimizer", "scheduler", "position", "rng", "history", "args",
+    for key in ("model", "ema", "optimizer", "position", "rng", "history", "args",
                 "model_name", "model_kwargs", "num_classes", "class_names", "data_config"):
         assert key in last, key
     assert "model_ema" not in last and "state_dict_ema" not in last  # timm would prefer those
@@ -76,7 +78,8 @@ def test_checkpoints_load_weights_only_with_documented_layout(demo_run):
     assert last["class_names"] == [str(i) for i in range(10)]
     assert last["data_config"]["input_size"] == [3, 32, 32]
     # EMA (decay 0.9) and raw weights differ, and read_weights picks each on request
-    raw, ema = read_weights(last, use_ema=False), read_weights(last, use_ema=True)
+    (raw, _), (ema, entry) = select_weights(last), select_weights(last, use_ema=True)
+    assert entry == "ema"
     assert any(not torch.equal(raw[k], ema[k]) for k in raw if raw[k].is_floating_point())
 
     best = torch.load(out / "best.pth", map_location="cpu", weights_only=True)
@@ -118,25 +121,25 @@ def test_eval_command_reproduces_training_validation(demo_run, capsys):
 
 
 def test_recipe_defaults_and_overrides():
-    demo = train_mod.resolve_recipe(parse([]), None)
+    demo = resolve_recipe(parse([]), None)
     assert demo == recipes.DEMO
-    ref = train_mod.resolve_recipe(parse(["--data", "somewhere"]), None)
+    ref = resolve_recipe(parse(["--data", "somewhere"]), None)
     assert ref.model == "biformer_small" and ref.aa == "rand-m9-mstd0.5-inc1"
     assert (ref.opt, ref.weight_decay, ref.warmup_epochs, ref.smoothing) == ("adamw", 0.05, 5, 0.1)
     assert (ref.mixup, ref.cutmix, ref.reprob, ref.lr_base, ref.lr_base_size) == (
         0.8, 1.0, 0.25, 5e-4, 512)
     assert recipes.drop_path_for(ref) == 0.15
     # flags override single fields; --model-kwargs merges into the demo's
-    r = train_mod.resolve_recipe(parse(["--epochs", "3", "--model-kwargs", "dims=8,16,32,64",
+    r = resolve_recipe(parse(["--epochs", "3", "--model-kwargs", "dims=8,16,32,64",
                                         "--aa", "none", "--scale", "0.5", "1.0"]), None)
     assert r.epochs == 3 and r.aa is None and r.scale == (0.5, 1.0)
     assert r.model_kwargs["dims"] == (8, 16, 32, 64)
     assert r.model_kwargs["n_win"] == recipes.DEMO_MODEL_KWARGS["n_win"]
     # another model drops the demo's shrinking
-    assert train_mod.resolve_recipe(parse(["--model", "biformer_base"]), None).model_kwargs == {}
+    assert resolve_recipe(parse(["--model", "biformer_base"]), None).model_kwargs == {}
     # a saved recipe (resume) is the base for flags
     saved = recipes.DEMO.replace(epochs=7, lr=1e-3).as_dict()
-    r = train_mod.resolve_recipe(parse(["--epochs", "9"]), saved)
+    r = resolve_recipe(parse(["--epochs", "9"]), saved)
     assert r.epochs == 9 and r.lr == 1e-3
 
 
@@ -166,7 +169,7 @@ def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
 def test_augmentation_depends_only_on_seed_epoch_rank_and_position():
     from timm.data import create_transform
 
-    from biformer.engine.data import train_sampler
+    from biformer.engine.sampling import train_sampler
 
     tf = create_transform(32, is_training=True, hflip=0.0, color_jitter=0.0, scale=(0.3, 1.0))
     ds = SeededSamples(digits_dataset("train", transform=tf), seed=3)

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from biformer.engine import epoch as epoch_mod
 from biformer.engine import train as train_mod
-from biformer.engine.checkpointing import capture_rng, restore_rng
+from biformer.engine.rng import capture_rng, restore_rng
 
 EPOCHS = 3
 STEPS = 5
@@ -86,7 +87,7 @@ class _StepHook:
 def test_sigterm_mid_epoch_saves_and_resume_matches(baseline, tmp_path, monkeypatch, capsys):
     base_out, base = baseline
     at = STEPS + 3  # epoch 2, after its third step
-    monkeypatch.setattr(train_mod, "progress_bar",
+    monkeypatch.setattr(epoch_mod, "progress_bar",
                         _StepHook(at, lambda: os.kill(os.getpid(), signal.SIGTERM)))
     first = run(tmp_path)
     assert first.exit_code == 143
@@ -115,7 +116,7 @@ def test_crash_mid_epoch_restarts_epoch_and_matches(baseline, tmp_path, monkeypa
     def crash():
         raise _Crash("power cut")
 
-    monkeypatch.setattr(train_mod, "progress_bar", _StepHook(2 * STEPS + 2, crash))
+    monkeypatch.setattr(epoch_mod, "progress_bar", _StepHook(2 * STEPS + 2, crash))
     with pytest.raises(_Crash):
         run(tmp_path)
     ckpt = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)

@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from .errors import CommandError
+from .engine.paths import check_output_dir, check_output_file
+from .errors import CommandError, InputError, one_line, require
 
 SUITES = ("op", "model", "all")
 LEVELS = ("layer", "core")
@@ -82,6 +83,15 @@ def _settings(args: argparse.Namespace):
                                f"{', '.join(SHAPES)}")
     if args.backends == [] or args.shapes == [] or args.models == []:
         raise CommandError("--backends, --shapes and --models need at least one name")
+    if args.models:
+        import timm
+
+        from . import models  # noqa: F401  (registers the BiFormer models with timm)
+
+        unknown = [m for m in args.models if not timm.is_model(m)]
+        if unknown:
+            raise CommandError(f"--models: unknown model(s) {', '.join(unknown)} (timm names, "
+                               "e.g. biformer_small,swin_small_patch4_window7_224)")
     return BenchSettings(
         device=device,
         dtype=args.dtype or ("bfloat16" if device == "cuda" else "float32"),
@@ -93,11 +103,14 @@ def _settings(args: argparse.Namespace):
 
 def main(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError as err:
-            raise CommandError("--plot needs matplotlib: pip install 'biformer[viz]'") from err
+    try:  # outputs are checked before the (long) benchmark runs
+        if args.plot:
+            require("matplotlib", "viz", "--plot")
+            check_output_dir(args.plot, what="--plot")
+        if args.json:
+            check_output_file(args.json, suffixes=(".json",))
+    except InputError as err:
+        raise CommandError(one_line(err)) from None
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)

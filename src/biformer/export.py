@@ -1,6 +1,7 @@
 """Exporting BiFormer models: ONNX (dynamic batch and spatial size), TorchScript, torch.export.
 
     biformer export --model biformer_tiny --checkpoint best.pth --format onnx --out tiny.onnx
+    (the command: ``biformer.export_command``)
 
 Every export runs the routed attention on the ``reference`` backend (plain PyTorch ops: topk,
 gather, matmul, softmax; the ``chunked``/``flex``/``triton`` paths use autograd functions,
@@ -20,7 +21,6 @@ sizes whose padding pattern matches the example's, and says so (a guard error) a
 
 from __future__ import annotations
 
-import argparse
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -31,20 +31,17 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .errors import CommandError
 from .layers import BiLevelRoutingAttention, BRA2d
 from .ops import use_backend
 
 __all__ = [
     "FORMATS",
     "ExportReport",
-    "add_arguments",
     "exportable",
     "export_model",
     "export_onnx",
     "export_program",
     "export_torchscript",
-    "main",
     "odd_size",
     "relative_error",
     "spatial_dynamic_supported",
@@ -364,69 +361,3 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, format: str = "on
     if format == "torchscript":
         return export_torchscript(model, path, **kwargs)
     return export_program(model, path, **kwargs)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None,
-                        help="BiFormer model name (default: the checkpoint's, or biformer_tiny)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="weights: our checkpoint or an official one (default: random)")
-    parser.add_argument("--format", choices=FORMATS, default="onnx", help="output format")
-    parser.add_argument("--size", type=int, default=224,
-                        help="image side to export and verify at (also verified at an odd size)")
-    parser.add_argument("--n-win", type=int, default=None, help="regions per side override")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
-    parser.add_argument("--static", action="store_true",
-                        help="fixed batch 1 and --size only (no dynamic axes)")
-    parser.add_argument("--out", default=None,
-                        help="output file (default: MODEL.onnx / MODEL.pt / MODEL.pt2)")
-
-
-def main(args: argparse.Namespace) -> int:
-    from .viz.inputs import as_command_error, check_output_path, create_model
-
-    try:
-        out = Path(args.out) if args.out else None
-        name = args.model
-        if out is None:
-            out = Path(f"{name or 'model'}{SUFFIXES[args.format]}")
-        check_output_path(out, suffixes=() if args.format == "torchscript"
-                          else (SUFFIXES[args.format],))
-        if args.size < 48:
-            raise ValueError(f"--size must be at least 48 pixels, got {args.size}")
-        kwargs: dict = {"auto_pad": True}
-        if args.n_win is not None:
-            kwargs["n_win"] = args.n_win
-        model = create_model(name, checkpoint=args.checkpoint, **kwargs)
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        raise as_command_error(err) from None
-    sizes = [(args.size, args.size), odd_size(args.size)]
-    try:
-        report = export_model(model, out, format=args.format, sizes=sizes,
-                              dynamic=not args.static, opset=args.opset)
-    except OSError as err:
-        raise CommandError(f"cannot write {out}: {err.strerror or err}") from None
-    shapes = "static shapes" if args.static else (
-        "dynamic batch and size" if report.dynamic_spatial
-        else "dynamic batch; size fixed (BRA2d layers)"
-    )
-    print(f"wrote {report.path} ({args.format}, traced at {report.example_size[0]}x"
-          f"{report.example_size[1]}, {shapes})")
-    if not report.verified:
-        print("not verified: onnxruntime is not installed (pip install onnxruntime)")
-        return 0
-    for (h, w), err in report.errors.items():
-        print(f"  {h}x{w}: max relative error vs PyTorch {err:.2e}")
-    for (h, w), why in report.failures.items():
-        print(f"  {h}x{w}: does not run: {why}")
-    if args.format == "torch_export" and report.failures and sizes[0] not in report.failures:
-        print("  note: torch.export keeps the BRA padding branch as a guard; the program runs at "
-              f"sizes padded like {sizes[0][0]}x{sizes[0][1]} (ONNX and TorchScript run at any "
-              "size)")
-        report.failures.clear()
-    if not report.ok():
-        raise CommandError(
-            f"{report.path} does not match PyTorch within {TOLERANCE:g} at every size "
-            f"(max error {report.max_error:.2e}, failures at {sorted(report.failures)})"
-        )
-    return 0

@@ -3,17 +3,20 @@
 * ``biformer_fpn_backbone(...)``: BiFormer + per-stage LayerNorm + torchvision FPN, accepted by
   ``FasterRCNN``, ``MaskRCNN``, ``RetinaNet`` and ``FCOS``;
 * ``fasterrcnn_biformer``, ``maskrcnn_biformer``, ``retinanet_biformer``, ``fcos_biformer``:
-  the detectors, built in one call;
+  the detectors, built in one call with torchvision's builder arguments (``weights``,
+  ``weights_backbone``, ``trainable_backbone_layers``, ...), also through
+  ``torchvision.models.get_model``;
 * ``add_stage_norms(smp_model)``: the same per-stage LayerNorm for
   segmentation_models_pytorch models with a ``tu-biformer_*`` encoder.
 """
 
-from .backbone import BiFormerFPN, biformer_fpn_backbone, create_body, load_backbone_checkpoint
+from .backbone import DEFAULT_WEIGHTS, BiFormerFPN, biformer_fpn_backbone, create_body
 from .detectors import fasterrcnn_biformer, fcos_biformer, maskrcnn_biformer, retinanet_biformer
 from .freezing import NORM_LAYERS, convert_batchnorm, freeze_parts
 from .segmentation import StageNormFeatures, add_stage_norms
 
 __all__ = [
+    "DEFAULT_WEIGHTS",
     "NORM_LAYERS",
     "BiFormerFPN",
     "StageNormFeatures",
@@ -24,7 +27,6 @@ __all__ = [
     "fasterrcnn_biformer",
     "fcos_biformer",
     "freeze_parts",
-    "load_backbone_checkpoint",
     "maskrcnn_biformer",
     "retinanet_biformer",
 ]

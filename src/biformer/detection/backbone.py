@@ -8,9 +8,9 @@ the extra LayerNorm the paper adds for dense prediction, then torchvision's
 from __future__ import annotations
 
 import os
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -22,51 +22,50 @@ from torchvision.ops.feature_pyramid_network import (
     LastLevelMaxPool,
 )
 
-from ..viz.inputs import check_model_name
+from ..checkpoint import check_model_name, create_model, model_from_checkpoint
+from ..errors import MissingFileError
 from .freezing import NORM_LAYERS, body_parts, convert_batchnorm, freeze_parts
 
-__all__ = ["BiFormerFPN", "biformer_fpn_backbone", "create_body", "load_backbone_checkpoint"]
+__all__ = ["DEFAULT_WEIGHTS", "BiFormerFPN", "biformer_fpn_backbone", "create_body"]
 
 
-def load_backbone_checkpoint(body: nn.Module, path: str | os.PathLike) -> None:
-    """Load a classifier checkpoint (ours or official) into a headless body, strictly.
+DEFAULT_WEIGHTS = ("DEFAULT", "IMAGENET1K_V1")  # timm's pretrained weights (the official ones)
 
-    Only the classifier (``head.*``) may be left over; any other missing, unexpected or
-    mis-shaped key raises ``biformer.CheckpointError``.
-    """
-    from ..checkpoint import CheckpointError, load_checkpoint
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = load_checkpoint(body, path, strict=False)
-    extra = [k for k in result.unexpected_keys if not k.startswith("head.")]
-    if result.missing_keys or result.mismatched_keys or extra:
-        raise CheckpointError(
-            f"{path} does not fit the {type(body).__name__} backbone: missing "
-            f"{result.missing_keys[:5]}, shape-mismatched {result.mismatched_keys[:5]}, "
-            f"unexpected {extra[:5]}; create the backbone from the model the checkpoint was "
-            "trained as"
-        )
+def _weights_file(weights: str | os.PathLike) -> Path:
+    """A checkpoint file, or the ``model.safetensors`` of a timm / HF folder."""
+    path = Path(weights)
+    if path.is_dir():
+        inner = path / "model.safetensors"
+        if not inner.is_file():
+            raise MissingFileError(f"{path} is a folder without model.safetensors; pass a "
+                                   "checkpoint file or a folder written by biformer convert")
+        return inner
+    return path
 
 
 def create_body(
     name: str,
     *,
-    pretrained: bool = False,
-    checkpoint_path: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
     n_win: int | Sequence[int] = 16,
     auto_pad: bool = True,
     **model_kwargs: Any,
 ) -> nn.Module:
-    """A headless BiFormer (``num_classes=0``) with official/own weights if asked."""
+    """A headless BiFormer (``num_classes=0``) with classifier weights when ``weights`` says so.
+
+    ``weights``: None (random), ``"DEFAULT"`` (timm's pretrained weights, downloaded), a
+    checkpoint of ours, an official or timm one, or a folder from ``biformer convert``. Every
+    key but the classifier's must fit.
+    """
     check_model_name(name)
-    body = timm.create_model(
-        name, pretrained=pretrained, num_classes=0, n_win=n_win, auto_pad=auto_pad,
-        **model_kwargs,
-    )
-    if checkpoint_path is not None:
-        load_backbone_checkpoint(body, checkpoint_path)
-    return body
+    overrides = dict(num_classes=0, n_win=n_win, auto_pad=auto_pad, **model_kwargs)
+    if weights is None:
+        return create_model(name, **overrides)
+    if isinstance(weights, str) and weights in DEFAULT_WEIGHTS:
+        return timm.create_model(name, pretrained=True, **overrides)
+    return model_from_checkpoint(_weights_file(weights), model=name, new_head=True,
+                                 **overrides)[0]
 
 
 class BiFormerFPN(nn.Module):
@@ -81,7 +80,7 @@ class BiFormerFPN(nn.Module):
         extra_blocks: torchvision extra levels (``LastLevelMaxPool()``: ``"pool"``;
             ``LastLevelP6P7(out_channels, out_channels)``: ``"p6"``, ``"p7"``); None: none.
         stage_norms: the paper's extra LayerNorm on each returned stage.
-        trainable_stages: parts trained, counted from the last (``stem`` + 4 stages = 5;
+        trainable_layers: parts trained, counted from the last (``stem`` + 4 stages = 5;
             None: all). Frozen parts have ``requires_grad=False`` and stay in eval mode (BatchNorm uses and
             keeps its running statistics) even after ``train()``.
 
@@ -97,7 +96,7 @@ class BiFormerFPN(nn.Module):
         out_channels: int = 256,
         extra_blocks: ExtraFPNBlock | None = None,
         stage_norms: bool = True,
-        trainable_stages: int | None = None,
+        trainable_layers: int | None = None,
     ):
         super().__init__()
         num_stages = len(body_parts(body)) - 1
@@ -113,12 +112,12 @@ class BiFormerFPN(nn.Module):
             raise ValueError(f"out_channels must be positive, got {out_channels}")
         channels = [int(body.feature_info[i]["num_chs"]) for i in returned]
         body.prune_intermediate_layers(list(returned), prune_norm=True, prune_head=True)
-        if trainable_stages is None:
-            trainable_stages = len(body_parts(body))
-        freeze_parts(body, trainable_stages)
+        if trainable_layers is None:
+            trainable_layers = len(body_parts(body))
+        freeze_parts(body, trainable_layers)
         self.body = body
         self.returned_stages = returned
-        self.trainable_stages = trainable_stages
+        self.trainable_layers = trainable_layers
         self.norms = nn.ModuleList(
             [LayerNorm2d(c, eps=1e-6) if stage_norms else nn.Identity() for c in channels]
         )
@@ -129,7 +128,7 @@ class BiFormerFPN(nn.Module):
     def frozen_parts(self) -> list[nn.Module]:
         """The body parts that do not train (stem first)."""
         parts = body_parts(self.body)
-        return parts[: len(parts) - self.trainable_stages]
+        return parts[: len(parts) - self.trainable_layers]
 
     def train(self, mode: bool = True) -> BiFormerFPN:
         super().train(mode)
@@ -150,9 +149,8 @@ class BiFormerFPN(nn.Module):
 def biformer_fpn_backbone(
     name: str = "biformer_small",
     *,
-    pretrained: bool = False,
-    checkpoint_path: str | os.PathLike | None = None,
-    trainable_stages: int | None = None,
+    weights: str | os.PathLike | None = None,
+    trainable_layers: int | None = None,
     norm_layer: str = "bn",
     returned_stages: Sequence[int] = (0, 1, 2, 3),
     extra_blocks: ExtraFPNBlock | None = None,
@@ -162,13 +160,14 @@ def biformer_fpn_backbone(
     auto_pad: bool = True,
     **model_kwargs: Any,
 ) -> BiFormerFPN:
-    """A BiFormer + FPN backbone that torchvision's detectors accept (it has ``out_channels``).
+    """A BiFormer + FPN backbone that torchvision's detectors accept (it has ``out_channels``);
+    the counterpart of torchvision's ``resnet_fpn_backbone``.
 
     Args:
         name: BiFormer model name (``biformer_tiny/small/base/stl/stl_nchw``).
-        pretrained: load the model's ImageNet weights through timm (needs the file or network).
-        checkpoint_path: load a classifier checkpoint of ours or an official one instead.
-        trainable_stages: parts trained counted from the last, 0..5 (``stem`` + 4 stages);
+        weights: classifier weights for the body (see ``create_body``): None, ``"DEFAULT"``, a
+            checkpoint file or a ``biformer convert`` folder.
+        trainable_layers: parts trained counted from the last, 0..5 (``stem`` + 4 stages);
             default 5 (all) for random weights and 3 with weights, as torchvision does.
         norm_layer: the body's BatchNorm: ``"bn"``, ``"frozen_bn"`` (torchvision's
             ``FrozenBatchNorm2d``) or ``"sync_bn"`` (``SyncBatchNorm`` for DDP; build the model,
@@ -187,12 +186,9 @@ def biformer_fpn_backbone(
     """
     if norm_layer not in NORM_LAYERS:
         raise ValueError(f"norm_layer must be one of {NORM_LAYERS}, got {norm_layer!r}")
-    if trainable_stages is None and (pretrained or checkpoint_path is not None):
-        trainable_stages = 3
-    body = create_body(
-        name, pretrained=pretrained, checkpoint_path=checkpoint_path, n_win=n_win,
-        auto_pad=auto_pad, **model_kwargs,
-    )
+    if trainable_layers is None and weights is not None:
+        trainable_layers = 3
+    body = create_body(name, weights=weights, n_win=n_win, auto_pad=auto_pad, **model_kwargs)
     body = convert_batchnorm(body, norm_layer)
     return BiFormerFPN(
         body,
@@ -200,5 +196,5 @@ def biformer_fpn_backbone(
         out_channels=out_channels,
         extra_blocks=LastLevelMaxPool() if extra_blocks is None else extra_blocks,
         stage_norms=stage_norms,
-        trainable_stages=trainable_stages,
+        trainable_layers=trainable_layers,
     )

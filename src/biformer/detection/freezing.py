@@ -1,7 +1,7 @@
 """Frozen stages and the choice of BatchNorm for dense-prediction backbones.
 
 A BiFormer body has five parts, in input order: ``stem``, ``stages.0`` ... ``stages.3``
-(each stage includes its downsampling). ``trainable_stages = k`` trains the last ``k`` parts and
+(each stage includes its downsampling). ``trainable_layers = k`` trains the last ``k`` parts and
 freezes the others, as torchvision's ``trainable_layers`` does for ResNets.
 """
 
@@ -27,21 +27,21 @@ def body_parts(body: nn.Module) -> list[nn.Module]:
     return [stem, *stages]
 
 
-def freeze_parts(body: nn.Module, trainable_stages: int) -> list[nn.Module]:
-    """Stop gradients to all parts but the last ``trainable_stages``; return the frozen parts.
+def freeze_parts(body: nn.Module, trainable_layers: int) -> list[nn.Module]:
+    """Stop gradients to all parts but the last ``trainable_layers``; return the frozen parts.
 
     The frozen parts' parameters get ``requires_grad=False``; keeping their BatchNorm layers in
     eval mode (running statistics, no updates) is the caller's job, in its ``train()``.
     """
     parts = body_parts(body)
-    if isinstance(trainable_stages, bool) or not isinstance(trainable_stages, int):
-        raise TypeError(f"trainable_stages must be an int, got {trainable_stages!r}")
-    if not 0 <= trainable_stages <= len(parts):
+    if isinstance(trainable_layers, bool) or not isinstance(trainable_layers, int):
+        raise TypeError(f"trainable_layers must be an int, got {trainable_layers!r}")
+    if not 0 <= trainable_layers <= len(parts):
         raise ValueError(
-            f"trainable_stages must be between 0 (all frozen) and {len(parts)} (stem and all "
-            f"{len(parts) - 1} stages trainable), got {trainable_stages}"
+            f"trainable_layers must be between 0 (all frozen) and {len(parts)} (stem and all "
+            f"{len(parts) - 1} stages trainable), got {trainable_layers}"
         )
-    frozen = parts[: len(parts) - trainable_stages]
+    frozen = parts[: len(parts) - trainable_layers]
     for part in frozen:
         for param in part.parameters():
             param.requires_grad_(False)

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from ..errors import CommandError
 
-__all__ = ["DistEnv", "init_distributed", "shutdown_distributed"]
+__all__ = ["DistEnv", "init_distributed", "resolve_device", "shutdown_distributed"]
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,6 @@ class DistEnv:
     def is_main(self) -> bool:
         """Rank 0: the only process that prints progress and writes files."""
         return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         """Sum a list of numbers over all ranks (float64); returns the list unchanged alone."""
@@ -67,14 +63,6 @@ class DistEnv:
         dist.all_gather_object(out, obj)
         return out
 
-    def broadcast_object(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        if not self.distributed:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def _comm_device(self) -> torch.device:
         # NCCL only moves CUDA tensors; gloo moves CPU tensors.
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
@@ -88,6 +76,26 @@ def _env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise CommandError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def resolve_device(spec: str | None) -> torch.device:
+    """``--device``: ``cuda``, ``cuda:N`` or ``cpu`` (default: CUDA when available), checked."""
+    if spec is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise CommandError(f"--device {spec!r}: not a device; use cuda, cuda:N or cpu") from None
+    if device.type not in ("cuda", "cpu"):
+        raise CommandError(f"--device must be cuda, cuda:N or cpu, got {spec!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CommandError(f"--device {spec} was asked for but no CUDA device is available; "
+                               "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CommandError(f"--device {spec}: this machine has "
+                               f"{torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def init_distributed(
@@ -104,13 +112,8 @@ def init_distributed(
     Returns:
         the :class:`DistEnv` of this process (a world of one without torchrun).
     """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(device))
     device_type = device.split(":", 1)[0]
-    if device_type not in ("cuda", "cpu"):
-        raise CommandError(f"--device must be 'cuda' or 'cpu', got {device!r}")
-    if device_type == "cuda" and not torch.cuda.is_available():
-        raise CommandError("--device cuda was asked for but no CUDA device is available")
 
     world_size = _env_int("WORLD_SIZE", 1)
     local_rank = _env_int("LOCAL_RANK", 0)

@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Any
 
+from ..checkpoint.files import atomic_write
+
 __all__ = ["RunLog", "format_duration", "progress_bar"]
 
 CSV_NAME = "metrics.csv"
@@ -30,10 +32,7 @@ def format_duration(seconds: float) -> str:
 
 
 def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 class RunLog:
@@ -43,12 +42,13 @@ class RunLog:
         out_dir: the run's output directory.
         enabled: False on ranks other than 0 (every method is then a no-op).
         tensorboard: write TensorBoard events when the ``tensorboard`` package is installed.
-        purge_step: on resume, the global step reached; TensorBoard drops later events of the
-            interrupted run so that curves do not fold back.
+        resumed_at: on resume, the update count the checkpoint reached; TensorBoard drops the
+            interrupted run's events logged after it (steps ``> resumed_at``), so that curves do
+            not fold back, and keeps those of the saved progress (step ``resumed_at`` included).
     """
 
     def __init__(self, out_dir: str, *, enabled: bool, tensorboard: bool = True,
-                 purge_step: int | None = None):
+                 resumed_at: int | None = None):
         self.out_dir = out_dir
         self.enabled = enabled
         self.writer = None
@@ -61,7 +61,8 @@ class RunLog:
             except ImportError:  # tensorboard is optional (extra "log")
                 SummaryWriter = None  # noqa: N806
             if SummaryWriter is not None:
-                self.writer = SummaryWriter(os.path.join(out_dir, TB_DIR), purge_step=purge_step)
+                purge = None if resumed_at is None else resumed_at + 1
+                self.writer = SummaryWriter(os.path.join(out_dir, TB_DIR), purge_step=purge)
 
     def write_history(self, history: list[dict[str, Any]]) -> None:
         """Rewrite ``metrics.csv`` from the whole history (one row per finished epoch)."""

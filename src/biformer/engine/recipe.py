@@ -8,16 +8,19 @@ overrides one field, so ``biformer train --epochs 5`` is the demo with five epoc
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..errors import CommandError
 
 __all__ = [
     "DEMO",
     "DEMO_MODEL_KWARGS",
     "DEMO_THREADS",
-    "DROP_PATH",
     "REFERENCE",
     "Recipe",
+    "check_recipe",
     "drop_path_for",
 ]
 
@@ -27,7 +30,7 @@ class Recipe:
     """Every hyper-parameter of a training run (one field per ``biformer train`` flag).
 
     ``lr=None`` means the linear scaling rule: ``lr_base * global_batch / lr_base_size``.
-    ``drop_path=None`` means the per-model rate of :data:`DROP_PATH`.
+    ``drop_path=None`` means the model's recommended rate (``biformer.models.MODEL_SPECS``).
     ``img_size=None`` means the model's own input size (its ``pretrained_cfg``).
     """
 
@@ -81,23 +84,14 @@ class Recipe:
         return out
 
 
-# Stochastic depth per model. BiFormer-S: 0.15, the official training command; T and the STL
-# models: 0.1, the official default; B: 0.4, not stated by the official repository (the rate of
-# comparable ~57 M-parameter models); override with --drop-path.
-DROP_PATH: dict[str, float] = {
-    "biformer_tiny": 0.1,
-    "biformer_small": 0.15,
-    "biformer_base": 0.4,
-    "biformer_stl": 0.1,
-    "biformer_stl_nchw": 0.1,
-}
-
-
 def drop_path_for(recipe: Recipe) -> float:
-    """The recipe's drop-path rate, or the model's official one, or 0.1 for other models."""
+    """The recipe's drop-path rate, or the model's recommended one, or 0.1 for other models."""
+    from ..models import MODEL_SPECS
+
     if recipe.drop_path is not None:
         return recipe.drop_path
-    return DROP_PATH.get(recipe.model, 0.1)
+    spec = MODEL_SPECS.get(recipe.model)
+    return spec.drop_path_rate if spec is not None else 0.1
 
 
 REFERENCE = Recipe()
@@ -112,7 +106,7 @@ DEMO_MODEL_KWARGS: dict[str, Any] = {
     "head_dim": 16,
     "mlp_ratio": 2.0,
     "n_win": (4, 2, 2, 1),
-    "topks": (4, 2, 2, -2),
+    "topks": (4, 2, 2, "global_lepe"),
 }
 
 # CPU threads of the demo: its small tensors train several times faster on one thread than with
@@ -142,3 +136,58 @@ DEMO = Recipe(
     num_workers=0,
 )
 """The embedded-digits demo: a small BiFormer, light augmentation (random resized crops only)."""
+
+
+def _flag(name: str) -> str:
+    return "--" + {"num_workers": "workers", "drop_path": "drop-path"}.get(name, name).replace(
+        "_", "-")
+
+
+def _finite(r: Recipe, name: str, low: float, high: float, *, closed_low: bool = True,
+            closed_high: bool = True) -> None:
+    value = getattr(r, name)
+    if value is None:
+        return
+    above = value >= low if closed_low else value > low
+    below = value <= high if closed_high else value < high
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and above and below):
+        lo, hi = "[" if closed_low else "(", "]" if closed_high else ")"
+        raise CommandError(f"{_flag(name)} must be a number in {lo}{low:g}, {high:g}{hi}, "
+                           f"got {value}")
+
+
+def _pair(r: Recipe, name: str, upper: float | None) -> None:
+    lo, hi = getattr(r, name)
+    ok = all(math.isfinite(v) for v in (lo, hi)) and 0 < lo <= hi and (upper is None
+                                                                       or hi <= upper)
+    if not ok:
+        limit = f" <= {upper:g}" if upper is not None else ""
+        raise CommandError(f"{_flag(name)} {lo:g} {hi:g}: needs 0 < MIN <= MAX{limit}")
+
+
+def check_recipe(r: Recipe) -> None:
+    """Refuse values that would crash a run later or train on nonsense (one line each)."""
+    for name in ("epochs", "batch_size", "lr_base_size", "recount"):
+        if getattr(r, name) < 1:
+            raise CommandError(f"{_flag(name)} must be >= 1, got {getattr(r, name)}")
+    if r.num_workers < 0:
+        raise CommandError(f"--workers must be >= 0, got {r.num_workers}")
+    if r.img_size is not None and r.img_size < 16:
+        raise CommandError(f"--img-size must be at least 16 pixels, got {r.img_size}")
+    inf = float("inf")
+    for name in ("lr", "lr_base"):
+        _finite(r, name, 0.0, inf, closed_low=False, closed_high=False)
+    for name in ("opt_eps", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "mixup",
+                 "cutmix", "color_jitter"):
+        _finite(r, name, 0.0, inf, closed_high=False)
+    for name in ("momentum", "mixup_prob", "mixup_switch_prob", "reprob", "hflip"):
+        _finite(r, name, 0.0, 1.0)
+    _finite(r, "smoothing", 0.0, 1.0, closed_high=False)
+    _finite(r, "drop_path", 0.0, 1.0, closed_high=False)
+    _finite(r, "model_ema_decay", 0.0, 1.0, closed_low=False, closed_high=False)
+    _finite(r, "crop_pct", 0.0, 1.0, closed_low=False)
+    _finite(r, "clip_grad", 0.0, inf, closed_low=False, closed_high=False)
+    _pair(r, "scale", 1.0)
+    _pair(r, "ratio", None)
+    if (r.mixup > 0 or r.cutmix > 0) and r.batch_size % 2:
+        raise CommandError(f"mixup/cutmix need an even --batch-size, got {r.batch_size}")

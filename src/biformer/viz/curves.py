@@ -14,8 +14,8 @@ import math
 import os
 from pathlib import Path
 
-from ..errors import CommandError
-from .inputs import as_command_error, check_output_path
+from ..engine.paths import check_output_file
+from ..errors import CommandError, InputError, MissingFileError, one_line, require
 
 __all__ = ["METRICS_NAME", "add_arguments", "main", "plot_run", "read_metrics"]
 
@@ -32,18 +32,18 @@ def _number(text: str | None) -> float:
 def read_metrics(path: str | os.PathLike) -> dict[str, list[float]]:
     """The numeric columns of a metrics CSV: ``{column: values}`` (empty cells are NaN).
 
-    Raises FileNotFoundError or ValueError (no header, no rows, no numeric column).
+    Raises ``MissingFileError`` or ``InputError`` (no header, no rows, no numeric column).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"metrics file not found: {path}")
+        raise MissingFileError(f"metrics file not found: {path}")
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     except (UnicodeDecodeError, csv.Error) as err:
-        raise ValueError(f"{path} is not a readable CSV file ({err})") from None
+        raise InputError(f"{path} is not a readable CSV file ({err})") from None
     if not rows:
-        raise ValueError(f"{path} has no epochs yet (a header and at least one row are needed)")
+        raise InputError(f"{path} has no epochs yet (a header and at least one row are needed)")
     columns: dict[str, list[float]] = {}
     for name in rows[0]:
         if name is None:
@@ -52,7 +52,7 @@ def read_metrics(path: str | os.PathLike) -> dict[str, list[float]]:
         if any(not math.isnan(v) for v in values):
             columns[name] = values
     if not columns:
-        raise ValueError(f"{path} has no numeric column to plot")
+        raise InputError(f"{path} has no numeric column to plot")
     return columns
 
 
@@ -70,8 +70,7 @@ def plot_run(run_dir: str | os.PathLike, *, out_dir: str | os.PathLike | None = 
     Returns the written files (``loss.png``, ``accuracy.png``, ``lr.png``; a group with no
     column in the CSV is skipped). x axis: the ``epoch`` column, else the row number.
     """
-    import matplotlib
-
+    matplotlib = require("matplotlib", "viz", "plotting training curves")
     matplotlib.use("Agg", force=False)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -79,12 +78,12 @@ def plot_run(run_dir: str | os.PathLike, *, out_dir: str | os.PathLike | None = 
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory not found: {run_dir}")
+        raise MissingFileError(f"run directory not found: {run_dir}")
     columns = read_metrics(run_dir / METRICS_NAME)
     n = len(next(iter(columns.values())))
     epochs = columns.pop("epoch", None) or [float(i + 1) for i in range(n)]
     if not any(_groups(columns).values()):
-        raise ValueError(
+        raise InputError(
             f"{run_dir / METRICS_NAME} has no loss, accuracy or lr column "
             f"(columns: {', '.join(columns)})"
         )
@@ -93,7 +92,7 @@ def plot_run(run_dir: str | os.PathLike, *, out_dir: str | os.PathLike | None = 
     for group, names in _groups(columns).items():
         if not names:
             continue
-        path = check_output_path(out_dir / f"{group}.png", suffixes=(".png",))
+        path = check_output_file(out_dir / f"{group}.png", suffixes=(".png",))
         fig = Figure(figsize=(6.4, 4.0), dpi=dpi)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
@@ -123,8 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         written = plot_run(args.run_dir, out_dir=args.out)
-    except (ValueError, FileNotFoundError) as err:
-        raise as_command_error(err) from None
+    except InputError as err:
+        raise CommandError(one_line(err)) from None
     except OSError as err:
         raise CommandError(f"cannot write the curves: {err.strerror or err}") from None
     for path in written:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
+from ..errors import require
 from .capture import RoutingRecord, attention_map
 
 __all__ = [
@@ -50,6 +51,34 @@ def _border(canvas: np.ndarray, box: tuple[int, int, int, int], color: tuple[int
 
 def _scaled(box: tuple[int, int, int, int], zoom: int) -> tuple[int, int, int, int]:
     return tuple(v * zoom for v in box)  # type: ignore[return-value]
+
+
+def _shaded(base: np.ndarray, record: RoutingRecord, routed: list[int],
+            token: tuple[int, int], batch: int, heat: bool) -> np.ndarray:
+    """``base`` ``[H, W, 3]`` float dimmed outside the routed regions, with the query token's
+    attention as a heat map inside them (when the record kept its queries and keys)."""
+    h, w = base.shape[:2]
+    inside = np.zeros((h, w), dtype=bool)
+    for region in routed:
+        top, left, bottom, right = record.region_box(region)
+        inside[top:bottom, left:right] = True
+    out = base * _DIM
+    if not (heat and record.query is not None):
+        out[inside] = base[inside]
+        return out
+    amap = attention_map(record, token, batch=batch).numpy()  # map tokens
+    sy, sx = record.stride
+    rows = np.minimum((np.arange(h) // sy).astype(int), amap.shape[0] - 1)
+    cols = np.minimum((np.arange(w) // sx).astype(int), amap.shape[1] - 1)
+    pix = amap[rows][:, cols]  # H, W
+    lo, hi = (float(pix[inside].min()), float(pix[inside].max())) if inside.any() else (0, 1)
+    pix = (pix - lo) / (hi - lo) if hi > lo else np.ones_like(pix)
+    from matplotlib import colormaps
+
+    colors = colormaps["inferno"](pix)[..., :3] * 255.0
+    blended = (1 - _HEAT_ALPHA) * base + _HEAT_ALPHA * colors
+    out[inside] = blended[inside]
+    return out
 
 
 def draw_panel(
@@ -84,27 +113,7 @@ def draw_panel(
     query_region = record.region_of_token(*token)
     routed = record.routed(query_region, batch)
 
-    base = image.astype(np.float32)
-    inside = np.zeros((h, w), dtype=bool)
-    for region in routed:
-        top, left, bottom, right = record.region_box(region)
-        inside[top:bottom, left:right] = True
-    out = base * _DIM
-    if heat and record.query is not None:
-        amap = attention_map(record, token, batch=batch).numpy()  # map tokens
-        sy, sx = record.stride
-        rows = np.minimum((np.arange(h) // sy).astype(int), amap.shape[0] - 1)
-        cols = np.minimum((np.arange(w) // sx).astype(int), amap.shape[1] - 1)
-        pix = amap[rows][:, cols]  # H, W
-        lo, hi = (float(pix[inside].min()), float(pix[inside].max())) if inside.any() else (0, 1)
-        pix = (pix - lo) / (hi - lo) if hi > lo else np.ones_like(pix)
-        from matplotlib import colormaps
-
-        colors = colormaps["inferno"](pix)[..., :3] * 255.0
-        blended = (1 - _HEAT_ALPHA) * base + _HEAT_ALPHA * colors
-        out[inside] = blended[inside]
-    else:
-        out[inside] = base[inside]
+    out = _shaded(image.astype(np.float32), record, routed, token, batch, heat)
     out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     out = np.repeat(np.repeat(out, zoom, axis=0), zoom, axis=1)
 
@@ -150,6 +159,16 @@ def _label(record: RoutingRecord) -> str:
     return f"{where}: top-{record.topk} of {record.n_win[0]}x{record.n_win[1]} regions"
 
 
+_MARGIN, _GAP, _TITLE_H, _HEADER_H = 10, 10, 18, 40  # pixels of the picture's layout
+
+
+def _picture_size(ncols: int, nrows: int, ph: int, pw: int) -> tuple[int, int]:
+    """``(width, height)`` of a grid of ``nrows x ncols`` panels of ``ph x pw`` pixels."""
+    width = 2 * _MARGIN + ncols * pw + (ncols - 1) * _GAP
+    height = _HEADER_H + nrows * (_TITLE_H + ph) + (nrows - 1) * _GAP + _MARGIN
+    return width, height
+
+
 def render_routing(
     image: np.ndarray | Tensor,
     records: Sequence[RoutingRecord],
@@ -175,9 +194,7 @@ def render_routing(
     Returns:
         ``RoutingPicture``: pixels ``[H_pic, W_pic, 3]`` uint8 and the panels' places.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    require("matplotlib", "viz", "drawing the routing").use("Agg", force=False)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -187,10 +204,7 @@ def render_routing(
         raise ValueError("give at least one query point (y, x)")
     image = np.asarray(image)
     ph, pw = image.shape[0] * zoom, image.shape[1] * zoom
-    margin, gap, title_h, header_h = 10, 10, 18, 40
-    ncols, nrows = len(records), len(points)
-    width = 2 * margin + ncols * pw + (ncols - 1) * gap
-    height = header_h + nrows * (title_h + ph) + (nrows - 1) * gap + margin
+    width, height = _picture_size(len(records), len(points), ph, pw)
 
     fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
     canvas = FigureCanvasAgg(fig)
@@ -198,12 +212,12 @@ def render_routing(
         "Bi-Level Routing: query region (magenta), routed regions (cyan); heat = the query "
         "token's attention (mean over heads)"
     )
-    fig.text(margin / width, 1 - 6 / height, header, va="top", ha="left", fontsize=9)
+    fig.text(_MARGIN / width, 1 - 6 / height, header, va="top", ha="left", fontsize=9)
     places = []
     for row, point in enumerate(points):
         for col, record in enumerate(records):
-            top = header_h + row * (title_h + ph + gap) + title_h
-            left = margin + col * (pw + gap)
+            top = _HEADER_H + row * (_TITLE_H + ph + _GAP) + _TITLE_H
+            left = _MARGIN + col * (pw + _GAP)
             panel = draw_panel(image, record, point, batch=batch, zoom=zoom, line=line,
                                heat=heat)
             fig.figimage(panel, xo=left, yo=height - top - ph, origin="upper")

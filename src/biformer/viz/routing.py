@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CommandError
+from ..checkpoint import create_model, model_from_checkpoint
+from ..engine.images import open_rgb
+from ..engine.paths import check_output_file
+from ..errors import CommandError, InputError, MissingFileError, require
 from .capture import RoutingRecord, capture_routing
 from .draw import RoutingPicture, render_routing
-from .inputs import as_command_error, check_output_path, create_model, read_image
 
 __all__ = [
     "add_arguments",
@@ -40,10 +42,9 @@ _DEFAULT_POINTS = ((0.23, 0.45), (0.31, 0.80), (0.74, 0.33))  # astronaut: face,
 
 def builtin_image(name: str) -> np.ndarray:
     """A photo shipped inside scikit-image (``astronaut``, ``chelsea``, ``coffee``)."""
-    from skimage import data
-
     if name not in BUILTIN_IMAGES:
-        raise ValueError(f"unknown built-in image {name!r}; choose one of {BUILTIN_IMAGES}")
+        raise InputError(f"unknown built-in image {name!r}; choose one of {BUILTIN_IMAGES}")
+    data = require("skimage.data", "viz", f"the built-in image {name!r}")
     return np.ascontiguousarray(getattr(data, name)()[..., :3])
 
 
@@ -52,7 +53,7 @@ def prepare_image(pixels: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
     if size < 32:
-        raise ValueError(f"size must be at least 32 pixels, got {size}")
+        raise InputError(f"--size must be at least 32 pixels, got {size}")
     img = Image.fromarray(np.asarray(pixels, dtype=np.uint8))
     w, h = img.size
     scale = size / min(w, h)
@@ -81,7 +82,7 @@ def select_records(records: Sequence[RoutingRecord], blocks: str = "last") -> li
     if blocks == "all":
         return list(records)
     if blocks != "last":
-        raise ValueError(f"blocks must be 'last' or 'all', got {blocks!r}")
+        raise InputError(f"blocks must be 'last' or 'all', got {blocks!r}")
     last: dict[int, RoutingRecord] = {}
     for rec in records:
         last[rec.stage] = rec  # records are in forward order
@@ -103,7 +104,7 @@ def routing_picture(
     h, w = pixels.shape[:2]
     for y, x in points:
         if not (0 <= y < h and 0 <= x < w):
-            raise ValueError(f"point ({y},{x}) lies outside the {h}x{w} image (y,x in pixels)")
+            raise InputError(f"point ({y},{x}) lies outside the {h}x{w} image (y,x in pixels)")
     model.eval()
     records = capture_routing(model, to_tensor(pixels, model), keep_qk=True)
     chosen = select_records(records, blocks)
@@ -140,25 +141,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="routing.png", help="output PNG")
 
 
-def main(args: argparse.Namespace) -> int:
+def read_image(path: str) -> np.ndarray:
+    """The RGB pixels ``[H, W, 3]`` uint8 of an image file (16-bit images scaled)."""
+    if not Path(path).exists():
+        raise MissingFileError(f"image file not found: {path}")
+    if Path(path).is_dir():
+        raise InputError(f"{path} is a directory, not an image file")
     try:
-        out = check_output_path(args.out, suffixes=(".png",))
-        if args.image in BUILTIN_IMAGES and not Path(args.image).exists():
-            pixels = builtin_image(args.image)
-        else:
-            pixels = read_image(args.image)
-        pixels = prepare_image(pixels, args.size)
-        torch.manual_seed(args.seed)
-        kwargs = {"auto_pad": True}
-        if args.n_win is not None:
-            kwargs["n_win"] = args.n_win
-        model = create_model(args.model, checkpoint=args.checkpoint, **kwargs)
-        points = args.points or default_points(args.size)
-        picture, records = routing_picture(model, pixels, points, blocks=args.blocks,
-                                           zoom=args.zoom)
+        return np.asarray(open_rgb(path))
+    except (OSError, ValueError, SyntaxError) as err:
+        raise InputError(f"{path} is not an image PIL can read ({type(err).__name__}); pass a "
+                         "PNG/JPEG file") from None
+
+
+def _model(args: argparse.Namespace) -> torch.nn.Module:
+    """The model to look at: from the checkpoint, else random weights (seeded)."""
+    overrides: dict = {"auto_pad": True}
+    if args.n_win is not None:
+        if not 1 <= args.n_win <= args.size // 4:
+            raise InputError(f"--n-win {args.n_win}: use 1 to {args.size // 4}, the tokens per "
+                             f"side of the first stage at --size {args.size} (more regions "
+                             "than tokens only pads the map)")
+        overrides["n_win"] = args.n_win
+    if args.checkpoint:
+        return model_from_checkpoint(args.checkpoint, model=args.model,
+                                     default_model="biformer_tiny", **overrides)[0]
+    return create_model(args.model or "biformer_tiny", **overrides)
+
+
+def main(args: argparse.Namespace) -> int:
+    out = check_output_file(args.out, suffixes=(".png",))
+    require("matplotlib", "viz", "biformer viz")
+    if args.image in BUILTIN_IMAGES and not Path(args.image).exists():
+        pixels = builtin_image(args.image)
+    else:
+        pixels = read_image(args.image)
+    pixels = prepare_image(pixels, args.size)
+    torch.manual_seed(args.seed)
+    model = _model(args)
+    points = args.points or default_points(args.size)
+    picture, records = routing_picture(model, pixels, points, blocks=args.blocks, zoom=args.zoom)
+    try:
         picture.save(out)
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        raise as_command_error(err) from None
     except OSError as err:
         raise CommandError(f"cannot write {args.out}: {err.strerror or err}") from None
     for place in picture.panels:
