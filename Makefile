@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+# The suite runs on two pytest-xdist workers (one thread each, see tests/conftest.py); a file's
+# tests stay on one worker (they share module fixtures). `make test PYTEST_WORKERS=` runs serially.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 
 .PHONY: venv train test test-fast lint bench clean yolo-demo
 
@@ -29,10 +32,10 @@ test: $(STAMP)
 	test -f .cache/timm-sdist/timm-$$v.tar.gz || $(PY) -m pip download --quiet --no-deps \
 		--no-binary :all: --timeout 15 --retries 1 --dest .cache/timm-sdist "timm==$$v" || \
 		echo "timm $$v sdist not fetched (offline?): timm's model tests will be skipped"
-	$(PY) -m pytest -q tests --durations=15
+	$(PY) -m pytest -q tests $(PYTEST_WORKERS) --durations=15
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" tests $(PYTEST_WORKERS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

@@ -107,3 +107,36 @@ def test_unpatched_posterize_is_what_crashed():
     img = Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match="bits must be"):
         timm_posterize(img, 0)
+
+
+def test_unreadable_image_stays_unreadable_after_ultralytics_patches_pillow(tmp_path, monkeypatch):
+    """Importing ultralytics replaces ``PIL.Image.open`` with an opener that, on a file Pillow
+    cannot identify, loads a HEIF plugin and raises ImportError without it: our readers must
+    still say "unreadable image" (an OSError), in predict and in the training folders."""
+    import PIL.Image
+    from timm.data import create_dataset
+
+    from biformer.engine.folders import RobustImageFolder
+
+    pytest.importorskip("ultralytics")
+    monkeypatch.setattr(PIL.Image, "open", PIL.Image.open)  # restored when the test ends
+    import ultralytics.utils.checks as checks
+    import ultralytics.utils.patches as patches
+
+    monkeypatch.setattr(PIL.Image, "open", patches.image_open)
+    monkeypatch.setattr(patches, "_pil_plugins_registered", False)
+    monkeypatch.setattr(checks, "check_requirements", lambda *a, **k: True)  # never pip install
+    monkeypatch.setitem(__import__("sys").modules, "pi_heif", None)  # the plugin is not there
+    bad = tmp_path / "data" / "cat" / "bad.jpg"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"\xff\xd8 definitely not a jpeg")
+    with pytest.raises(ImportError):
+        PIL.Image.open(bad)  # what the patched opener does on its own
+    with pytest.raises(OSError, match="cannot identify image file"):
+        open_rgb(bad)
+    Image.fromarray(_digit(3)).save(bad.parent / "good.png")
+    reader = create_dataset("", root=str(tmp_path / "data"), search_split=False).reader
+    dataset = RobustImageFolder(reader, transform=None, replace_unreadable=True)
+    images = [dataset[i] for i in range(len(dataset))]
+    assert all(img is not None for img, _, _ in images)
+    assert sum("bad.jpg" in s for _, _, skipped in images for s in skipped) == 1

@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import CommandError
-from .images import to_rgb
+from .images import open_rgb, to_rgb
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -78,9 +78,8 @@ class RobustImageFolder(Dataset):
         obj, target = self.reader[i]
         if isinstance(obj, Image.Image):
             return to_rgb(obj), int(target)
-        with (obj if hasattr(obj, "read") else open(obj, "rb")) as f, Image.open(f) as img:
-            img.load()  # decode the pixels now: truncated files fail here
-            return to_rgb(img), int(target)
+        with (obj if hasattr(obj, "read") else open(obj, "rb")) as f:
+            return open_rgb(f), int(target)
 
     def targets(self) -> list[int]:
         """The class index of every sample (from the reader, without opening images)."""

@@ -5,14 +5,20 @@ images to 0..255 instead of scaling them, which turns most of them into two grey
 they are scaled first: 16-bit images by 255/65535; 32-bit integer and float images by the range
 their values fit (0..1 for float images in it, then 0..255, then 0..65535 — 16-bit data as PNG
 and TIFF readers hand it over in mode ``I`` —, else their own min..max).
+
+Other libraries may replace ``PIL.Image.open``: importing ultralytics installs an opener that,
+on a file Pillow cannot identify, tries to load (and, online, pip-install) a HEIF plugin and
+raises ``ImportError`` without it. Such an ``ImportError`` is reported here as what it is for
+the caller: ``PIL.UnidentifiedImageError``, an unreadable image.
 """
 
 from __future__ import annotations
 
 import os
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["open_rgb", "to_rgb"]
 
@@ -50,8 +56,20 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def open_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open and decode ``path`` as RGB (raises PIL's/OS errors for unreadable files)."""
-    with Image.open(path) as img:
+def _open(source: str | os.PathLike | BinaryIO) -> Image.Image:
+    """``PIL.Image.open(source)``; an ``ImportError`` of a patched-in opener is unreadable."""
+    try:
+        return Image.open(source)
+    except ImportError as err:
+        name = getattr(source, "name", source)
+        raise UnidentifiedImageError(f"cannot identify image file {str(name)!r}") from err
+
+
+def open_rgb(source: str | os.PathLike | BinaryIO) -> Image.Image:
+    """Open and decode ``source`` (a path or a binary file object) as RGB.
+
+    Raises PIL's/OS errors for unreadable files (``UnidentifiedImageError`` is an ``OSError``).
+    """
+    with _open(source) as img:
         img.load()  # decode now: truncated files fail here, not later
         return to_rgb(img)
