@@ -13,7 +13,7 @@ import timm
 import torch
 from PIL import Image
 
-from biformer.engine import run_folder as run_folder_mod
+from biformer.checkpoint import files as files_mod
 from biformer.engine import trainer as trainer_mod
 
 from .cli import TINY_TRAIN, assert_one_line_error, run
@@ -70,21 +70,68 @@ def test_final_and_best_weights_in_the_formats_people_share(tmp_path, capsys):
     assert model.pretrained_cfg["input_size"] == (3, 32, 32)
 
 
+class _FillingDisk:
+    """A file on a disk with ``room`` bytes left: the write that passes it raises ENOSPC, as the
+    operating system's does (``torch.save`` turns that into a RuntimeError of its own)."""
+
+    def __init__(self, file, room: int):
+        self.file, self.room = file, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert _train(capsys, out, "--epochs", "1", "--no-tensorboard")[0] == 0
     before = (out / "last.pth").read_bytes()
-    real = run_folder_mod.atomic_save
 
-    def full(obj, path):
-        if str(path).endswith("last.pth"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(obj, path)
+    def filling_open(path, mode="r", *args, **kwargs):
+        f = open(path, mode, *args, **kwargs)
+        return _FillingDisk(f, room=64 * 1024) if ".last.pth." in str(path) else f
 
-    monkeypatch.setattr(run_folder_mod, "atomic_save", full)
+    monkeypatch.setattr(files_mod, "open", filling_open, raising=False)  # the module's open()
     rc, _, err = _train(capsys, out, "--epochs", "2", "--no-tensorboard")
     assert_one_line_error(rc, err, "the disk is full", "previous file is kept", status=1)
     assert (out / "last.pth").read_bytes() == before
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_the_disk_error_is_raised_as_itself_not_as_torch_save_reports_it(tmp_path, monkeypatch):
+    def filling_open(path, mode="r", *args, **kwargs):
+        return _FillingDisk(open(path, mode, *args, **kwargs), room=1000)
+
+    monkeypatch.setattr(files_mod, "open", filling_open, raising=False)
+    with pytest.raises(OSError) as info:
+        files_mod.atomic_save({"w": torch.randn(10_000)}, tmp_path / "x.pth")
+    assert info.value.errno == errno.ENOSPC
+    assert isinstance(info.value.__cause__, RuntimeError)  # what torch.save itself raised
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_replaced_torch_save_is_not_used(tmp_path, monkeypatch):
+    """ultralytics replaces ``torch.save`` with a retrying wrapper when imported; a retry into the
+    same open file would append a second archive to half of the first."""
+    def half_then_retry(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half an archive")
+        return torch.serialization.save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", half_then_retry)
+    w = torch.randn(5, 7)
+    files_mod.atomic_save({"w": w}, tmp_path / "x.pth")
+    assert torch.equal(files_mod.read_file(tmp_path / "x.pth")["w"], w)
 
 
 def test_non_finite_validation_is_never_saved(tmp_path, capsys, monkeypatch):

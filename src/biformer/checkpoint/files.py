@@ -5,11 +5,16 @@ Reading never runs code: ``.pth``/``.pt``/``.bin``/``.tar`` files go through
 arguments that way), ``.safetensors`` through safetensors. Writing goes to a temporary file in
 the same folder, which is then renamed over the target: a reader, or a crash, sees either the
 previous file or the new one, never half of one.
+
+A write error of the file system (``ENOSPC`` on a full disk) is raised as that ``OSError``:
+``torch.save`` reports it as a ``RuntimeError`` of its zip writer ("unexpected pos ..."), so the
+file given to the writer remembers the first ``OSError`` of its ``write`` calls.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import pickle
 import re
@@ -100,18 +105,44 @@ def tmp_name(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+class _Recording(io.RawIOBase):
+    """A writable binary file that passes writes on to ``file`` and keeps their first OSError."""
+
+    def __init__(self, file: IO[bytes]):
+        super().__init__()
+        self.file = file
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # noqa: ANN001 - bytes-like
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` through ``write(file)`` into a temporary file, then rename it over ``path``.
 
-    On any failure (``ENOSPC`` included) the temporary file is removed, ``path`` keeps its
-    previous content and the error propagates.
+    On any failure the temporary file is removed, ``path`` keeps its previous content and the
+    error propagates; a failed write of the file system (``ENOSPC`` included) as its ``OSError``,
+    whatever error ``write`` turned it into.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(path)
     try:
         with open(tmp, "wb") as f:
-            write(f)
+            recording = _Recording(f)
+            try:
+                write(recording)
+            except Exception as err:
+                if recording.error is not None and recording.error is not err:
+                    raise recording.error from err
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -136,8 +167,12 @@ def _sync_dir(directory: Path) -> None:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (see ``atomic_write``)."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """``torch.save(obj)`` to ``path`` atomically (see ``atomic_write``).
+
+    Calls ``torch.serialization.save``, not the ``torch.save`` attribute, which other libraries
+    replace (ultralytics, when imported, with one that retries into the same half-written file).
+    """
+    atomic_write(path, lambda f: torch.serialization.save(obj, f))
 
 
 def process_alive(pid: int) -> bool:
