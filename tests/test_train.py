@@ -158,7 +158,7 @@ def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
         f.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(torch, "save", broken)
+    monkeypatch.setattr(torch.serialization, "save", broken)  # what atomic_save calls
     with pytest.raises(OSError, match="disk full"):
         atomic_save({"x": torch.arange(5)}, path)
     monkeypatch.undo()
