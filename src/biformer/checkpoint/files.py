@@ -116,7 +116,7 @@ class _Recording(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # noqa: ANN001 - bytes-like
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
             return self.file.write(data)
         except OSError as err:
